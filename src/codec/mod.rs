@@ -375,5 +375,3 @@ impl StreamDecoder {
     }
 }
 
-#[cfg(test)]
-mod tests;

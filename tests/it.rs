@@ -1,0 +1,8 @@
+//! Integration tests: one binary, one module per area (ARCHITECTURE.md).
+
+mod it {
+    pub mod alloc;
+    pub mod codec;
+    pub mod strategies;
+    pub mod vectors;
+}
