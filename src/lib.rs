@@ -11,11 +11,34 @@
 //!   (spec/02-framing.md). No I/O, no clocks.
 //! - [`codes`]: close codes, error codes and unsubscribe codes, and whether a
 //!   client reconnects after each (spec/05-codes.md).
+//! - [`config`]: every setting and limit with its default and the reason for it.
+//! - [`auth`]: JWT verification (HMAC and public keys), claims to capabilities,
+//!   room patterns (spec/04-auth.md).
+//! - [`engine`]: the transport-agnostic core: a [`engine::Node`], its hub of
+//!   rooms, one [`engine::Session`] per connection and its byte-capped
+//!   [`engine::Outbox`]. Never imports a transport.
+//! - [`broker`]: the [`broker::Broker`] seam (streams, history, presence; its
+//!   contract is on the trait) and the embedded in-memory broker.
+//! - [`transport`]: sockets to the engine and back (WebSocket now).
+//! - [`api`]: `/health` and `/metrics`.
+//! - [`server`]: a running server: router, listener, housekeeping, graceful
+//!   shutdown. [`metrics`] names every metric once.
+//!
+//! Dependencies point one way: transport → engine → broker; codec, codes and
+//! wire are leaves everything may use.
 //!
 //! The normative description of the protocol is `spec/`; the code links to it.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
+pub mod broker;
 pub mod codec;
 pub mod codes;
+pub mod config;
+pub mod engine;
+pub mod metrics;
+pub mod server;
+pub mod transport;
 pub mod wire;

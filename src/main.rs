@@ -1,1 +1,185 @@
-fn main() {}
+//! The `switchboard` command line: parse arguments, build the config, call
+//! the library. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use switchboard::codec::Encoding;
+use switchboard::config::Config;
+use switchboard::server::Server;
+
+/// Switchboard: a protocol-first real-time messaging server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server. With no config it runs a development server on
+    /// 127.0.0.1:8000 with the embedded in-memory broker.
+    Serve(ServeArgs),
+    /// Mint a development token (HS256) with the configured secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML config file.
+    #[arg(long, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// HMAC secret for tokens (overrides the config file).
+    #[arg(long, env = "SWITCHBOARD_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        if let Some(secret) = &self.secret {
+            config.auth.hmac_secret = Some(secret.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Address to listen on (overrides the config file).
+    #[arg(long, env = "SWITCHBOARD_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Accept connections without a token.
+    #[arg(long)]
+    allow_anonymous: bool,
+    /// An Origin allowed to open WebSocket connections (repeatable; `*` for any).
+    #[arg(long = "allowed-origin")]
+    allowed_origins: Vec<String>,
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// User id (the `sub` claim).
+    #[arg(long)]
+    user: String,
+    /// Room patterns the user may subscribe to, e.g. 'chat:*' (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    rooms: Vec<String>,
+    /// Room patterns the user may publish into.
+    #[arg(long, value_delimiter = ',')]
+    publish: Vec<String>,
+    /// Lifetime, e.g. 1h, 30m; 0 for a token that never expires.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// The `info` claim: JSON shown to others in presence.
+    #[arg(long)]
+    info: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Token(args) => token(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn token(args: TokenArgs) -> Result<(), String> {
+    let config = args.config.load()?;
+    let secret = config
+        .auth
+        .effective_hmac_secret()
+        .ok_or("the config uses a public key: mint tokens with your own private key")?;
+    let info = match &args.info {
+        Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("--info is not JSON: {e}"))?),
+        None => None,
+    };
+    let expires_at = (!args.ttl.is_zero()).then(|| {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        (now + args.ttl).as_secs()
+    });
+    let token = switchboard::auth::mint_hs256(secret, &args.user, expires_at, &args.rooms, &args.publish, info.as_ref())
+        .map_err(|e| e.to_string())?;
+    println!("{token}");
+    if config.auth.uses_development_secret() {
+        eprintln!("(signed with the public development secret: for development only)");
+    }
+    Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<(), String> {
+    let mut config = args.config.load()?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    config.auth.allow_anonymous |= args.allow_anonymous;
+    config.allowed_origins.extend(args.allowed_origins);
+    config.validate().map_err(|e| e.to_string())?;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let dev_secret = config.auth.uses_development_secret();
+        let path = config.websocket_path.clone();
+        let server = Server::start(config).await.map_err(|e| e.to_string())?;
+        let addr = server.addr();
+        println!("switchboard {} listening on {addr}", env!("CARGO_PKG_VERSION"));
+        println!("  WebSocket  ws://{addr}{path}  (subprotocols: {})", Encoding::SUBPROTOCOLS.join(", "));
+        println!("  health     http://{addr}/health");
+        println!("  metrics    http://{addr}/metrics");
+        if dev_secret {
+            println!(
+                "WARNING: tokens are checked against the public development secret; set SWITCHBOARD_SECRET \
+                 (or auth.hmac_secret) before exposing this server.\n  A token for testing: \
+                 cargo run -- token --user alice --rooms 'chat:*' --publish 'chat:*'"
+            );
+        }
+        wait_for_signal().await;
+        println!("shutting down: telling clients to reconnect");
+        let left = server.shutdown().await;
+        if left > 0 {
+            println!("{left} connections did not close in time");
+        }
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -3,6 +3,9 @@
 mod it {
     pub mod alloc;
     pub mod codec;
+    pub mod engine;
+    pub mod server;
     pub mod strategies;
+    pub mod support;
     pub mod vectors;
 }

@@ -1,0 +1,273 @@
+//! The node: configuration, broker, hub and the registry of connections.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+use super::hub::{ConnId, Hub};
+use super::outbox::{Close, Outbox};
+use super::session::Session;
+use crate::auth::Verifier;
+use crate::broker::{Broker, BrokerHandler, StreamOptions};
+use crate::codec::Encoding;
+use crate::codes::CloseCode;
+use crate::config::{Config, ConfigError, RoomOptions};
+use crate::metrics as m;
+use crate::wire::v1::{server_frame::Body, ClientInfo, Join, Leave, Publication, ServerFrame};
+
+/// What a transport knows when a connection opens.
+#[derive(Clone, Debug)]
+pub struct OpenParams {
+    /// The connection's encoding (negotiated by the transport).
+    pub encoding: Encoding,
+    /// A token given on the URL (`?token=`), when the transport allows it.
+    pub url_token: Option<String>,
+}
+
+/// Figures about a node, for `/health`, metrics and the server API.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Open connections (connected or not yet).
+    pub connections: usize,
+    /// Distinct users with an open connection.
+    pub users: usize,
+    /// Rooms with a local member.
+    pub rooms: usize,
+}
+
+#[derive(Default)]
+struct Registry {
+    connections: HashMap<ConnId, Arc<Outbox>>,
+    users: HashMap<String, HashSet<ConnId>>,
+}
+
+/// One Switchboard server process: everything sessions share.
+pub struct Node {
+    pub(crate) config: Arc<Config>,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) verifier: Verifier,
+    registry: Mutex<Registry>,
+    shutting_down: AtomicBool,
+    /// Unix time and tokio time at start: Unix time is derived from tokio
+    /// time, so tests that pause and advance tokio time move token expiry too.
+    epoch: (Duration, Instant),
+}
+
+struct Delivery(Arc<Hub>);
+
+impl BrokerHandler for Delivery {
+    fn handle_publication(&self, room: &str, publication: &Publication, exclude: Option<&str>) {
+        let frame = ServerFrame { id: 0, body: Some(Body::Publication(publication.clone())) };
+        let fanout = self.0.broadcast(room, &frame, publication.offset, exclude);
+        m::fanout(&fanout);
+    }
+
+    fn handle_join(&self, room: &str, client: &ClientInfo) {
+        let frame = ServerFrame {
+            id: 0,
+            body: Some(Body::Join(Join { room: room.to_owned(), client: Some(client.clone()) })),
+        };
+        m::fanout(&self.0.broadcast(room, &frame, 0, None));
+    }
+
+    fn handle_leave(&self, room: &str, client: &ClientInfo) {
+        let frame = ServerFrame {
+            id: 0,
+            body: Some(Body::Leave(Leave { room: room.to_owned(), client: Some(client.clone()) })),
+        };
+        m::fanout(&self.0.broadcast(room, &frame, 0, None));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Registry updates are single inserts/removes: consistent after a panic.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Node {
+    /// A node with a broker. The broker's handler is set here.
+    pub fn new(config: Config, broker: Arc<dyn Broker>) -> Result<Arc<Self>, ConfigError> {
+        config.validate()?;
+        let verifier = Verifier::new(&config.auth)?;
+        let hub = Arc::new(Hub::default());
+        broker.set_handler(Arc::new(Delivery(hub.clone())));
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Ok(Arc::new(Self {
+            config: Arc::new(config),
+            broker,
+            hub,
+            verifier,
+            registry: Mutex::default(),
+            shutting_down: AtomicBool::new(false),
+            epoch: (unix, Instant::now()),
+        }))
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The broker.
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// The current Unix time, following tokio's clock.
+    pub fn unix_time(&self) -> Duration {
+        self.epoch.0 + self.epoch.1.elapsed()
+    }
+
+    /// The tokio instant of a Unix time in seconds.
+    pub(crate) fn instant_of_unix(&self, unix_seconds: u64) -> Instant {
+        let target = Duration::from_secs(unix_seconds);
+        let now = self.unix_time();
+        let now_instant = Instant::now();
+        match target.checked_sub(now) {
+            Some(ahead) => now_instant + ahead,
+            None => now_instant,
+        }
+    }
+
+    /// Options and stream settings of a room's namespace, `None` if it does
+    /// not exist.
+    pub(crate) fn room_options(&self, namespace: &str) -> Option<(&RoomOptions, StreamOptions)> {
+        self.config.room_options(namespace).map(|o| {
+            (o, StreamOptions { history_size: o.history_size, history_ttl: o.history_ttl })
+        })
+    }
+
+    /// Opens a session for a new connection, or says why not.
+    pub fn open(self: &Arc<Self>, params: OpenParams) -> Result<Session, Close> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Close::new(CloseCode::SHUTDOWN, "server shutting down"));
+        }
+        let outbox = Arc::new(Outbox::new(self.config.limits.outbound_queue_bytes, params.encoding));
+        let id: ConnId = new_client_id().into();
+        {
+            let mut registry = lock(&self.registry);
+            if registry.connections.len() >= self.config.limits.max_connections {
+                m::rejected("server_full");
+                return Err(Close::new(CloseCode::SERVER_FULL, "server at its connection limit"));
+            }
+            registry.connections.insert(id.clone(), outbox.clone());
+        }
+        m::connection_opened(params.encoding);
+        Ok(Session::new(self.clone(), id, outbox, params))
+    }
+
+    /// Records that a connection authenticated as `user`; fails when the
+    /// user has too many connections.
+    pub(crate) fn register_user(&self, user: &str, id: &ConnId) -> Result<(), Close> {
+        let limit = self.config.limits.max_connections_per_user;
+        let mut registry = lock(&self.registry);
+        let set = registry.users.entry(user.to_owned()).or_default();
+        if limit > 0 && set.len() >= limit {
+            if set.is_empty() {
+                registry.users.remove(user);
+            }
+            return Err(Close::new(
+                CloseCode::USER_CONNECTION_LIMIT,
+                format!("user has {limit} connections, the most allowed"),
+            ));
+        }
+        set.insert(id.clone());
+        Ok(())
+    }
+
+    /// Forgets a connection.
+    pub(crate) fn unregister(&self, id: &ConnId, user: Option<&str>) {
+        let mut registry = lock(&self.registry);
+        registry.connections.remove(id);
+        if let Some(user) = user {
+            if let Some(set) = registry.users.get_mut(user) {
+                set.remove(id);
+                if set.is_empty() {
+                    registry.users.remove(user);
+                }
+            }
+        }
+    }
+
+    /// Closes every connection of a user (server API, tests).
+    pub fn disconnect_user(&self, user: &str, close: &Close) -> usize {
+        let outboxes: Vec<Arc<Outbox>> = {
+            let registry = lock(&self.registry);
+            registry
+                .users
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| registry.connections.get(id).cloned())
+                .collect()
+        };
+        for outbox in &outboxes {
+            outbox.close(close.clone());
+        }
+        outboxes.len()
+    }
+
+    /// Figures about this node.
+    pub fn stats(&self) -> NodeStats {
+        let registry = lock(&self.registry);
+        NodeStats {
+            connections: registry.connections.len(),
+            users: registry.users.len(),
+            rooms: self.hub.rooms(),
+        }
+    }
+
+    /// Periodic chores: the broker's expiry of local state.
+    pub fn housekeeping(&self) {
+        self.broker.housekeeping();
+    }
+
+    /// Whether a graceful shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Graceful shutdown: refuse new connections, tell every connection to
+    /// reconnect elsewhere (3000) in batches, and wait until all are gone or
+    /// `shutdown_timeout` passed. Returns the connections still open.
+    pub async fn shutdown(&self) -> usize {
+        self.shutting_down.store(true, Ordering::Release);
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        let outboxes: Vec<Arc<Outbox>> = lock(&self.registry).connections.values().cloned().collect();
+        let close = Close::new(CloseCode::SHUTDOWN, "server shutting down");
+        for batch in outboxes.chunks(self.config.shutdown_batch.max(1)) {
+            for outbox in batch {
+                outbox.close(close.clone());
+            }
+            // Spread reconnects out a little; bounded by the deadline.
+            if Instant::now() + Duration::from_millis(50) < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        while Instant::now() < deadline {
+            if lock(&self.registry).connections.is_empty() {
+                return 0;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        lock(&self.registry).connections.len()
+    }
+}
+
+/// A connection id: 16 random base-32 characters (80 bits): unique without
+/// coordination between nodes.
+fn new_client_id() -> String {
+    const ALPHABET: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut bits = fastrand::u128(..);
+    (0..16)
+        .map(|_| {
+            let c = ALPHABET[(bits & 31) as usize] as char;
+            bits >>= 5;
+            c
+        })
+        .collect()
+}

@@ -1,0 +1,247 @@
+//! A connection's outbound queue: encoded frames waiting for the transport,
+//! capped in bytes (house rule 6: nothing a peer can fill grows without end).
+//!
+//! Producers (the connection's own replies, fan-out from any room) push
+//! without blocking; the transport's writer drains everything queued at once
+//! and sends it as one batch. A push that would exceed the cap drops the
+//! queue and marks the connection slow (3003): falling behind is a close, not
+//! unbounded buffering and not silent loss.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use crate::codec::{self, Encoding};
+use crate::codes::CloseCode;
+use crate::wire::v1::{server_frame::Body, Disconnect, ServerFrame};
+
+/// Why and how a connection ends, as the peer is told.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Close {
+    /// The close code.
+    pub code: CloseCode,
+    /// The reason, at most 123 bytes (the WebSocket limit).
+    pub reason: String,
+}
+
+impl Close {
+    /// A close with a reason cut to the 123 bytes a WebSocket close frame holds.
+    pub fn new(code: CloseCode, reason: impl Into<String>) -> Self {
+        let mut reason = reason.into();
+        if reason.len() > 123 {
+            let mut end = 123;
+            while !reason.is_char_boundary(end) {
+                end -= 1;
+            }
+            reason.truncate(end);
+        }
+        Self { code, reason }
+    }
+}
+
+/// Why a push was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// The connection is closing; the frame was dropped with the connection.
+    Closed,
+    /// This push overflowed the queue: the connection is now closing as slow.
+    Overflow,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<Close>,
+}
+
+/// The outbound queue of one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    queue: Mutex<Queue>,
+    /// Wakes the one writer when frames arrive or closing starts.
+    ready: Notify,
+    /// Wakes every task waiting in [`Outbox::closed`].
+    closing: Notify,
+    cap: usize,
+    encoding: Encoding,
+}
+
+impl Outbox {
+    /// A queue holding at most `cap` bytes for a connection speaking `encoding`.
+    pub fn new(cap: usize, encoding: Encoding) -> Self {
+        Self { queue: Mutex::new(Queue::default()), ready: Notify::new(), closing: Notify::new(), cap, encoding }
+    }
+
+    /// The most bytes this queue holds before the connection is slow.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// The connection's encoding: what every frame pushed here is encoded in.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding this lock leaves a consistent queue (every
+        // update is a single push or drain), so poisoning is ignored.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues an encoded frame (in this outbox's encoding).
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut queue = self.lock();
+        if queue.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if queue.bytes + frame.len() > self.cap {
+            queue.frames = VecDeque::new();
+            queue.bytes = 0;
+            let close = Close::new(CloseCode::SLOW, "outbound queue overflow: client too slow");
+            self.begin_close(&mut queue, close);
+            drop(queue);
+            self.wake_closing();
+            return Err(PushError::Overflow);
+        }
+        queue.bytes += frame.len();
+        queue.frames.push_back(frame);
+        let first = queue.frames.len() == 1;
+        drop(queue);
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Encodes and queues a frame.
+    pub fn push_frame(&self, frame: &ServerFrame) -> Result<(), PushError> {
+        self.push(codec::encode(frame, self.encoding))
+    }
+
+    /// Starts closing: frames already queued are still sent, then a
+    /// `disconnect` push and the transport close with `close`. The first
+    /// close wins; later ones are ignored.
+    pub fn close(&self, close: Close) {
+        let mut queue = self.lock();
+        if queue.close.is_some() {
+            return;
+        }
+        self.begin_close(&mut queue, close);
+        drop(queue);
+        self.wake_closing();
+    }
+
+    fn wake_closing(&self) {
+        self.ready.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    /// Queues the `disconnect` push (outside the cap: it is the last frame)
+    /// and marks the queue closing.
+    fn begin_close(&self, queue: &mut Queue, close: Close) {
+        let disconnect = ServerFrame {
+            id: 0,
+            body: Some(Body::Disconnect(Disconnect {
+                code: u32::from(close.code.0),
+                reason: close.reason.clone(),
+                reconnect: close.code.reconnect(),
+            })),
+        };
+        queue.frames.push_back(codec::encode(&disconnect, self.encoding));
+        queue.close = Some(close);
+    }
+
+    /// The close in progress, if any.
+    pub fn closing(&self) -> Option<Close> {
+        self.lock().close.clone()
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Waits until there is something to send, then moves every queued frame
+    /// into `out`. Returns the close once the queue is drained and closing:
+    /// after it, nothing more will come.
+    pub async fn next_batch(&self, out: &mut Vec<Bytes>) -> Option<Close> {
+        loop {
+            {
+                let mut queue = self.lock();
+                if !queue.frames.is_empty() {
+                    out.extend(queue.frames.drain(..));
+                    queue.bytes = 0;
+                    // Release the ring buffer of a connection that went quiet.
+                    if queue.frames.capacity() > 64 {
+                        queue.frames = VecDeque::new();
+                    }
+                    return None;
+                }
+                if let Some(close) = &queue.close {
+                    return Some(close.clone());
+                }
+            }
+            // A push between the check and here left a permit: no lost wakeup.
+            self.ready.notified().await;
+        }
+    }
+
+    /// Waits until the connection starts closing.
+    pub async fn closed(&self) -> Close {
+        loop {
+            // Registered before the check, so a close in between still wakes us.
+            let notified = self.closing.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(close) = self.closing() {
+                return close;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_then_close_with_disconnect_push() {
+        let outbox = Outbox::new(100, Encoding::Json);
+        outbox.push(Bytes::from_static(b"a\n")).unwrap();
+        outbox.push(Bytes::from_static(b"b\n")).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(outbox.next_batch(&mut out).await, None);
+        assert_eq!(out, [Bytes::from_static(b"a\n"), Bytes::from_static(b"b\n")]);
+        outbox.close(Close::new(CloseCode::SHUTDOWN, "bye"));
+        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Closed));
+        out.clear();
+        assert_eq!(outbox.next_batch(&mut out).await, None);
+        assert_eq!(
+            &out[0][..],
+            b"{\"disconnect\":{\"code\":3000,\"reason\":\"bye\",\"reconnect\":true}}\n"
+        );
+        assert_eq!(outbox.next_batch(&mut out).await.unwrap().code, CloseCode::SHUTDOWN);
+    }
+
+    #[tokio::test]
+    async fn overflow_drops_the_queue_and_closes_slow() {
+        let outbox = Outbox::new(10, Encoding::Protobuf);
+        outbox.push(Bytes::from_static(&[0; 8])).unwrap();
+        assert_eq!(outbox.push(Bytes::from_static(&[0; 8])), Err(PushError::Overflow));
+        assert_eq!(outbox.queued_bytes(), 0);
+        let mut out = Vec::new();
+        assert_eq!(outbox.next_batch(&mut out).await, None);
+        assert_eq!(out.len(), 1, "only the disconnect push is left");
+        assert_eq!(outbox.next_batch(&mut out).await.unwrap().code, CloseCode::SLOW);
+    }
+
+    #[test]
+    fn reasons_are_cut_on_a_char_boundary() {
+        let close = Close::new(CloseCode::BAD_REQUEST, "é".repeat(100));
+        assert!(close.reason.len() <= 123 && close.reason.len() % 2 == 0);
+    }
+}

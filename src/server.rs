@@ -1,0 +1,115 @@
+//! Running a node: the HTTP router, the listener, housekeeping and graceful
+//! shutdown. `switchboard serve` and the integration tests both start
+//! servers through [`Server`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::broker::memory::MemoryBroker;
+use crate::config::{Config, ConfigError};
+use crate::engine::Node;
+
+/// A running server.
+pub struct Server {
+    node: Arc<Node>,
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The router of the public endpoint.
+pub fn router(node: Arc<Node>) -> Router {
+    let path = node.config().websocket_path.clone();
+    Router::new()
+        .route(&path, get(crate::transport::websocket::upgrade))
+        .route("/health", get(crate::api::health))
+        .route("/metrics", get(crate::api::metrics))
+        .with_state(node)
+}
+
+impl Server {
+    /// Starts a server with the embedded memory broker.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let node = Node::new(config, Arc::new(MemoryBroker::new()))?;
+        Self::start_node(node).await
+    }
+
+    /// Starts serving a node.
+    pub async fn start_node(node: Arc<Node>) -> Result<Self, StartError> {
+        let _ = crate::api::prometheus();
+        let addr = node.config().listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let (stop, mut stopped) = watch::channel(false);
+        let app = router(node.clone());
+        let housekeeping = tokio::spawn(housekeeping(node.clone()));
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+            if let Err(err) = served {
+                tracing::error!(%err, "server failed");
+            }
+            housekeeping.abort();
+        });
+        Ok(Self { node, addr, stop, task })
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Graceful shutdown: stop accepting, tell every client to reconnect
+    /// (3000) in batches, wait for them within the configured time. Returns
+    /// the connections that were still open at the deadline.
+    pub async fn shutdown(self) -> usize {
+        let _ = self.stop.send(true);
+        let left = self.node.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
+        left
+    }
+}
+
+/// Periodic chores: expire memory-broker streams, refresh gauges and
+/// histogram upkeep.
+async fn housekeeping(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        crate::metrics::rooms(node.stats().rooms);
+        if let Some(handle) = crate::api::prometheus() {
+            handle.run_upkeep();
+        }
+        node.housekeeping();
+    }
+}
