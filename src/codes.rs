@@ -77,11 +77,7 @@ impl CloseCode {
 
     /// Whether a client should reconnect after this close (spec/05-codes.md).
     pub const fn reconnect(self) -> bool {
-        match self.0 {
-            1002 | 1003 | 1007 | 1009 | 1010 => false,
-            3500..=3999 | 4500..=4999 => false,
-            _ => true,
-        }
+        !matches!(self.0, 1002 | 1003 | 1007 | 1009 | 1010 | 3500..=3999 | 4500..=4999)
     }
 
     /// The constant's name for codes this version defines, for logs and

@@ -114,7 +114,7 @@ impl Config {
                 "limits.outbound_queue_bytes must hold at least one message".into(),
             ));
         }
-        for (name, _) in &self.namespaces {
+        for name in self.namespaces.keys() {
             if name.contains(':') || name.contains('#') {
                 return Err(ConfigError(format!("namespace {name:?}: must not contain ':' or '#'")));
             }

@@ -134,6 +134,7 @@ fn validation(algorithms: &[Algorithm], config: &AuthConfig) -> Validation {
     v.validate_exp = false;
     v.required_spec_claims.clear();
     v.leeway = 0;
+    v.validate_nbf = true;
     match &config.audience {
         Some(aud) => v.set_audience(&[aud]),
         None => v.validate_aud = false,

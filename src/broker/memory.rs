@@ -61,10 +61,13 @@ fn new_epoch() -> String {
     std::iter::repeat_with(fastrand::alphanumeric).take(8).collect()
 }
 
+/// Who is in each room: room → client id → client.
+type PresenceShard = HashMap<String, BTreeMap<String, ClientInfo>>;
+
 /// The in-memory broker.
 pub struct MemoryBroker {
     streams: Box<[Mutex<HashMap<String, Stream>>]>,
-    presence: Box<[Mutex<HashMap<String, BTreeMap<String, ClientInfo>>>]>,
+    presence: Box<[Mutex<PresenceShard>]>,
     hasher: RandomState,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
 }

@@ -75,9 +75,12 @@ pub struct Fanout {
     pub encodings: usize,
 }
 
+/// One shard of the hub: room name → room.
+type Shard = RwLock<HashMap<Arc<str>, Arc<Room>>>;
+
 /// The rooms of this node and their local members.
 pub struct Hub {
-    shards: Box<[RwLock<HashMap<Arc<str>, Arc<Room>>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 
@@ -88,7 +91,7 @@ impl Default for Hub {
 }
 
 impl Hub {
-    fn shard(&self, room: &str) -> &RwLock<HashMap<Arc<str>, Arc<Room>>> {
+    fn shard(&self, room: &str) -> &Shard {
         let index = self.hasher.hash_one(room) as usize % SHARDS;
         &self.shards[index]
     }

@@ -462,7 +462,7 @@ impl Session {
         let query = HistoryQuery { since: Some(since), limit: max + 1, reverse: false };
         match broker.history(room.as_str(), query, stream).await {
             // Everything missed fits in one reply: recovered.
-            Ok(page) if page.publications.len() <= max => Ok(SubscribeResult {
+            Ok(page) if page.publications.len() <= max && self.fits_in_one_reply(&page.publications) => Ok(SubscribeResult {
                 epoch: page.top.epoch,
                 offset: page.top.offset,
                 recoverable,
@@ -480,6 +480,28 @@ impl Session {
             }
             Err(err) => Err(broker_error(err)),
         }
+    }
+
+    /// Whether publications fit in one reply without filling more than half
+    /// of the connection's queue (a reply the queue cannot hold would close
+    /// the connection as slow). JSON is counted at twice the protobuf size.
+    fn fits_in_one_reply(&self, publications: &[Publication]) -> bool {
+        self.reply_prefix(publications) == publications.len()
+    }
+
+    /// How many of `publications`, from the first, fit in one reply.
+    fn reply_prefix(&self, publications: &[Publication]) -> usize {
+        use prost::Message as _;
+        let factor = if self.outbox.encoding().is_text() { 2 } else { 1 };
+        let budget = self.outbox.capacity() / 2;
+        let mut used = 0;
+        publications
+            .iter()
+            .take_while(|p| {
+                used += (p.encoded_len() + 4) * factor;
+                used <= budget
+            })
+            .count()
     }
 
     async fn unsubscribe(&mut self, room: &str) -> Reply {
@@ -563,7 +585,9 @@ impl Session {
         }
         let limit = (req.limit as usize).min(self.node.config.limits.max_history_reply);
         let query = HistoryQuery { since: req.since, limit, reverse: req.reverse };
-        let page = self.node.broker.history(room.as_str(), query, stream).await.map_err(broker_error)?;
+        let mut page = self.node.broker.history(room.as_str(), query, stream).await.map_err(broker_error)?;
+        // Large payloads: return what fits; the client pages on from the last offset.
+        page.publications.truncate(self.reply_prefix(&page.publications));
         Ok(Body::History(HistoryResult { publications: page.publications, epoch: page.top.epoch, offset: page.top.offset }))
     }
 

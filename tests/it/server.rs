@@ -469,3 +469,56 @@ async fn user_limited_rooms_and_personal_subscription() {
         assert_eq!(device.next_publication().await.data, Bytes::from("{\"sync\":1}"));
     }
 }
+
+#[tokio::test]
+async fn health_and_metrics_endpoints() {
+    let server = start(chat_config()).await;
+    let (mut client, _) = Client::connect(&server, Encoding::Json, &token("a", &["chat:*"], &["chat:*"])).await;
+    client.subscribe("chat:x", None).await;
+    client.publish("chat:x", "1").await.unwrap();
+    client.next_publication().await;
+    let get = |path: &'static str| {
+        let addr = server.addr();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            response
+        }
+    };
+    let health = get("/health").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(health.contains("\"connections\":1") && health.contains("\"rooms\":1"), "{health}");
+    let metrics = get("/metrics").await;
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    for name in ["switchboard_connections_total", "switchboard_publications_total", "switchboard_command_seconds"] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[tokio::test]
+async fn history_replies_never_exceed_half_the_outbound_queue() {
+    let mut config = chat_config();
+    config.limits.outbound_queue_bytes = 256 * 1024;
+    config.namespaces.get_mut("chat").unwrap().history_size = 100;
+    let server = start(config).await;
+    let (mut c, _) = Client::connect(&server, Encoding::Protobuf, &token("a", &["chat:*"], &["chat:*"])).await;
+    let big = format!("\"{}\"", "x".repeat(30_000));
+    for _ in 0..20 {
+        c.publish("chat:big", &big).await.unwrap();
+    }
+    let reply = c
+        .request(Command::History(HistoryRequest { room: "chat:big".into(), limit: 100, ..Default::default() }))
+        .await;
+    let Some(Body::History(history)) = reply.body else { panic!("{reply:?}") };
+    assert!((1..20).contains(&history.publications.len()), "{}", history.publications.len());
+    assert_eq!(history.publications[0].offset, 1);
+    // Recovering across more than fits is refused explicitly, not by closing the client.
+    let since = StreamPosition { offset: 0, epoch: history.epoch };
+    let result = c.subscribe("chat:big", Some(since)).await;
+    assert!(!result.recovered && result.offset == 20);
+    c.request(Command::Ping(PingRequest {})).await;
+}

@@ -18,8 +18,7 @@ pub const SECRET: &str = "test-secret";
 
 /// A config for tests: loopback on a free port, a known secret.
 pub fn config() -> Config {
-    let mut config = Config::default();
-    config.listen = "127.0.0.1:0".parse().expect("address");
+    let mut config = Config { listen: "127.0.0.1:0".parse().expect("address"), ..Config::default() };
     config.auth.hmac_secret = Some(SECRET.into());
     config
 }
