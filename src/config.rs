@@ -107,7 +107,9 @@ impl Config {
             return Err(ConfigError("websocket_path must start with '/'".into()));
         }
         if self.limits.max_frame_size > self.limits.max_message_size {
-            return Err(ConfigError("limits.max_frame_size exceeds limits.max_message_size".into()));
+            return Err(ConfigError(
+                "limits.max_frame_size exceeds limits.max_message_size".into(),
+            ));
         }
         if self.limits.outbound_queue_bytes < self.limits.max_message_size {
             return Err(ConfigError(
@@ -116,7 +118,9 @@ impl Config {
         }
         for name in self.namespaces.keys() {
             if name.contains(':') || name.contains('#') {
-                return Err(ConfigError(format!("namespace {name:?}: must not contain ':' or '#'")));
+                return Err(ConfigError(format!(
+                    "namespace {name:?}: must not contain ':' or '#'"
+                )));
             }
         }
         Ok(())
@@ -370,7 +374,9 @@ mod tests {
     fn development_secret_stays_on_loopback() {
         let err = Config::from_toml(r#"listen = "0.0.0.0:8000""#).unwrap_err();
         assert!(err.0.contains("development secret"), "{err}");
-        assert!(Config::from_toml("listen = \"0.0.0.0:8000\"\n[auth]\nhmac_secret = \"x\"").is_ok());
+        assert!(
+            Config::from_toml("listen = \"0.0.0.0:8000\"\n[auth]\nhmac_secret = \"x\"").is_ok()
+        );
     }
 
     #[test]

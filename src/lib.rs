@@ -11,6 +11,11 @@
 //!   (spec/02-framing.md). No I/O, no clocks.
 //! - [`codes`]: close codes, error codes and unsubscribe codes, and whether a
 //!   client reconnects after each (spec/05-codes.md).
+//! - [`client`]: the Rust client. Its core is [`client::Machine`], a sans-IO
+//!   state machine (spec/08-client.md) that decides when to connect, reconnect
+//!   with jittered backoff, refresh tokens and resubscribe with recovery, and
+//!   delivers each publication at most once and in order; it takes events and
+//!   `now` and returns actions, never touching a socket or a clock.
 //! - [`config`]: every setting and limit with its default and the reason for it.
 //! - [`auth`]: JWT verification (HMAC and public keys), claims to capabilities,
 //!   room patterns (spec/04-auth.md).
@@ -34,6 +39,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod codec;
 pub mod codes;
 pub mod config;

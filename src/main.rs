@@ -26,6 +26,10 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a development token (HS256) with the configured secret.
     Token(TokenArgs),
+    /// Subscribe to rooms and print publications as JSON lines (events on stderr).
+    Sub(SubArgs),
+    /// Publish one payload into a room as a client.
+    Pub(PubArgs),
 }
 
 #[derive(Args)]
@@ -87,11 +91,77 @@ struct TokenArgs {
     info: Option<String>,
 }
 
+#[derive(Args)]
+struct TargetArgs {
+    /// WebSocket URL of the server.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_URL",
+        default_value = "ws://127.0.0.1:8000/connection/websocket"
+    )]
+    url: String,
+    /// Token (JWT); omit for anonymous.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    token: String,
+    /// Framing: json or protobuf.
+    #[arg(long, default_value = "json", value_parser = ["json", "protobuf"])]
+    format: String,
+}
+
+impl TargetArgs {
+    fn target(&self) -> switchboard::client::cli::Target {
+        switchboard::client::cli::Target {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            encoding: Encoding::from_name(&self.format).unwrap_or(Encoding::Json),
+        }
+    }
+}
+
+#[derive(Args)]
+struct SubArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Rooms to subscribe to.
+    #[arg(required = true)]
+    rooms: Vec<String>,
+}
+
+#[derive(Args)]
+struct PubArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The room.
+    room: String,
+    /// The payload, usually JSON text (sent as given).
+    data: String,
+}
+
+fn run_client(future: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(future)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Sub(args) => run_client(switchboard::client::cli::subscribe(
+            args.target.target(),
+            args.rooms,
+        )),
+        Command::Pub(args) => run_client(switchboard::client::cli::publish(
+            args.target.target(),
+            args.room,
+            args.data.into_bytes().into(),
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,15 +179,26 @@ fn token(args: TokenArgs) -> Result<(), String> {
         .effective_hmac_secret()
         .ok_or("the config uses a public key: mint tokens with your own private key")?;
     let info = match &args.info {
-        Some(text) => Some(serde_json::from_str(text).map_err(|e| format!("--info is not JSON: {e}"))?),
+        Some(text) => {
+            Some(serde_json::from_str(text).map_err(|e| format!("--info is not JSON: {e}"))?)
+        }
         None => None,
     };
     let expires_at = (!args.ttl.is_zero()).then(|| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         (now + args.ttl).as_secs()
     });
-    let token = switchboard::auth::mint_hs256(secret, &args.user, expires_at, &args.rooms, &args.publish, info.as_ref())
-        .map_err(|e| e.to_string())?;
+    let token = switchboard::auth::mint_hs256(
+        secret,
+        &args.user,
+        expires_at,
+        &args.rooms,
+        &args.publish,
+        info.as_ref(),
+    )
+    .map_err(|e| e.to_string())?;
     println!("{token}");
     if config.auth.uses_development_secret() {
         eprintln!("(signed with the public development secret: for development only)");
@@ -138,7 +219,8 @@ fn serve(args: ServeArgs) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     runtime.block_on(async move {
         let dev_secret = config.auth.uses_development_secret();
         let path = config.websocket_path.clone();
@@ -168,13 +250,14 @@ fn serve(args: ServeArgs) -> Result<(), String> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

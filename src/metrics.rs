@@ -15,23 +15,65 @@ use crate::engine::hub::Fanout;
 
 /// Describes every metric (help texts), once at start.
 pub fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("switchboard_connections", "Open client connections.");
-    describe_counter!("switchboard_connections_total", "Client connections accepted, by encoding.");
-    describe_gauge!("switchboard_subscriptions", "Active subscriptions (connection × room).");
+    describe_counter!(
+        "switchboard_connections_total",
+        "Client connections accepted, by encoding."
+    );
+    describe_gauge!(
+        "switchboard_subscriptions",
+        "Active subscriptions (connection × room)."
+    );
     describe_gauge!("switchboard_rooms", "Rooms with at least one local member.");
     describe_counter!("switchboard_frames_in_total", "Commands received, by kind.");
-    describe_counter!("switchboard_bytes_in_total", Unit::Bytes, "Bytes received from clients.");
-    describe_counter!("switchboard_frames_out_total", "Frames queued for clients by fan-out.");
-    describe_counter!("switchboard_bytes_out_total", Unit::Bytes, "Bytes sent to clients.");
-    describe_counter!("switchboard_publications_total", "Publications accepted from clients.");
-    describe_counter!("switchboard_encodings_total", "Frames encoded for fan-out (once per publication and encoding).");
-    describe_counter!("switchboard_disconnects_total", "Connections closed, by close code name.");
-    describe_counter!("switchboard_rejected_total", "Connections or commands refused, by reason.");
-    describe_counter!("switchboard_auth_failures_total", "Tokens refused, by reason.");
-    describe_counter!("switchboard_decode_errors_total", "Malformed client input, by error kind.");
-    describe_counter!("switchboard_recoveries_failed_total", "Recoveries answered with recovered = false.");
-    describe_histogram!("switchboard_command_seconds", Unit::Seconds, "Time to handle a command, by kind.");
+    describe_counter!(
+        "switchboard_bytes_in_total",
+        Unit::Bytes,
+        "Bytes received from clients."
+    );
+    describe_counter!(
+        "switchboard_frames_out_total",
+        "Frames queued for clients by fan-out."
+    );
+    describe_counter!(
+        "switchboard_bytes_out_total",
+        Unit::Bytes,
+        "Bytes sent to clients."
+    );
+    describe_counter!(
+        "switchboard_publications_total",
+        "Publications accepted from clients."
+    );
+    describe_counter!(
+        "switchboard_encodings_total",
+        "Frames encoded for fan-out (once per publication and encoding)."
+    );
+    describe_counter!(
+        "switchboard_disconnects_total",
+        "Connections closed, by close code name."
+    );
+    describe_counter!(
+        "switchboard_rejected_total",
+        "Connections or commands refused, by reason."
+    );
+    describe_counter!(
+        "switchboard_auth_failures_total",
+        "Tokens refused, by reason."
+    );
+    describe_counter!(
+        "switchboard_decode_errors_total",
+        "Malformed client input, by error kind."
+    );
+    describe_counter!(
+        "switchboard_recoveries_failed_total",
+        "Recoveries answered with recovered = false."
+    );
+    describe_histogram!(
+        "switchboard_command_seconds",
+        Unit::Seconds,
+        "Time to handle a command, by kind."
+    );
 }
 
 pub(crate) fn connection_opened(encoding: Encoding) {
@@ -45,7 +87,8 @@ pub(crate) fn connection_closed() {
 
 /// A connection closed with a code.
 pub fn disconnected(code: crate::codes::CloseCode) {
-    counter!("switchboard_disconnects_total", "code" => code.name().unwrap_or("other")).increment(1);
+    counter!("switchboard_disconnects_total", "code" => code.name().unwrap_or("other"))
+        .increment(1);
 }
 
 pub(crate) fn rejected(reason: &'static str) {
@@ -96,7 +139,8 @@ pub(crate) fn fanout(fanout: &Fanout) {
     counter!("switchboard_frames_out_total").increment(fanout.delivered as u64);
     counter!("switchboard_encodings_total").increment(fanout.encodings as u64);
     if fanout.overflowed > 0 {
-        counter!("switchboard_rejected_total", "reason" => "slow").increment(fanout.overflowed as u64);
+        counter!("switchboard_rejected_total", "reason" => "slow")
+            .increment(fanout.overflowed as u64);
     }
 }
 

@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::routing::get;
 use axum::Router;
+use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -61,8 +61,12 @@ impl Server {
     pub async fn start_node(node: Arc<Node>) -> Result<Self, StartError> {
         let _ = crate::api::prometheus();
         let addr = node.config().listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let (stop, mut stopped) = watch::channel(false);
         let app = router(node.clone());
         let housekeeping = tokio::spawn(housekeeping(node.clone()));
@@ -70,13 +74,20 @@ impl Server {
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await;
             if let Err(err) = served {
                 tracing::error!(%err, "server failed");
             }
             housekeeping.abort();
         });
-        Ok(Self { node, addr, stop, task })
+        Ok(Self {
+            node,
+            addr,
+            stop,
+            task,
+        })
     }
 
     /// The address the server listens on.

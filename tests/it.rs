@@ -2,6 +2,7 @@
 
 mod it {
     pub mod alloc;
+    pub mod client;
     pub mod codec;
     pub mod engine;
     pub mod server;

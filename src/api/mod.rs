@@ -4,7 +4,7 @@
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -41,7 +41,12 @@ pub async fn health(State(node): State<Arc<Node>>) -> Response {
                 "users": stats.users,
                 "rooms": stats.rooms,
             });
-            (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                body.to_string(),
+            )
+                .into_response()
         }
         Err(err) => (StatusCode::SERVICE_UNAVAILABLE, format!("broker: {err}\n")).into_response(),
     }

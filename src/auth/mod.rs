@@ -150,13 +150,19 @@ impl Verifier {
     pub fn new(config: &AuthConfig) -> Result<Self, ConfigError> {
         let hmac = config.effective_hmac_secret().map(|secret| {
             let algs = [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
-            (DecodingKey::from_secret(secret.as_bytes()), validation(&algs, config))
+            (
+                DecodingKey::from_secret(secret.as_bytes()),
+                validation(&algs, config),
+            )
         });
         let public = match &config.public_key_file {
             None => None,
             Some(path) => {
                 let pem = std::fs::read(path).map_err(|e| {
-                    ConfigError(format!("cannot read auth.public_key_file {}: {e}", path.display()))
+                    ConfigError(format!(
+                        "cannot read auth.public_key_file {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 Some(public_key(&pem, config)?)
             }
@@ -168,16 +174,23 @@ impl Verifier {
     pub fn verify(&self, token: &str, now: u64) -> Result<Credentials, AuthError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|e| AuthError::Invalid(format!("malformed token: {e}")))?;
-        let is_hmac = matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        let is_hmac = matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
         let (key, validation) = if is_hmac { &self.hmac } else { &self.public }
             .as_ref()
-            .ok_or_else(|| AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg)))?;
+            .ok_or_else(|| {
+                AuthError::Invalid(format!("algorithm {:?} is not accepted", header.alg))
+            })?;
         let data = jsonwebtoken::decode::<Box<RawValue>>(token, key, validation)
             .map_err(|e| AuthError::Invalid(describe(&e)))?;
         let claims: Claims<'_> = serde_json::from_str(data.claims.get())
             .map_err(|e| AuthError::Invalid(format!("bad claims: {e}")))?;
         if claims.sub.is_empty() {
-            return Err(AuthError::Invalid("the sub claim (user id) is missing or empty".into()));
+            return Err(AuthError::Invalid(
+                "the sub claim (user id) is missing or empty".into(),
+            ));
         }
         if let Some(exp) = claims.exp {
             if exp <= now {
@@ -201,7 +214,10 @@ impl Verifier {
 fn public_key(pem: &[u8], config: &AuthConfig) -> Result<(DecodingKey, Validation), ConfigError> {
     use Algorithm::*;
     if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
-        return Ok((key, validation(&[RS256, RS384, RS512, PS256, PS384, PS512], config)));
+        return Ok((
+            key,
+            validation(&[RS256, RS384, RS512, PS256, PS384, PS512], config),
+        ));
     }
     if let Ok(key) = DecodingKey::from_ec_pem(pem) {
         return Ok((key, validation(&[ES256, ES384], config)));
@@ -209,7 +225,9 @@ fn public_key(pem: &[u8], config: &AuthConfig) -> Result<(DecodingKey, Validatio
     if let Ok(key) = DecodingKey::from_ed_pem(pem) {
         return Ok((key, validation(&[EdDSA], config)));
     }
-    Err(ConfigError("auth.public_key_file holds no RSA, EC or Ed25519 public key in PEM".into()))
+    Err(ConfigError(
+        "auth.public_key_file holds no RSA, EC or Ed25519 public key in PEM".into(),
+    ))
 }
 
 /// A client-safe description of a verification failure.
@@ -260,7 +278,11 @@ mod tests {
     use super::*;
 
     fn verifier(secret: &str) -> Verifier {
-        Verifier::new(&AuthConfig { hmac_secret: Some(secret.into()), ..Default::default() }).unwrap()
+        Verifier::new(&AuthConfig {
+            hmac_secret: Some(secret.into()),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -270,7 +292,10 @@ mod tests {
         assert!(RoomPattern::new("*").matches("anything"));
         assert!(RoomPattern::new("a*b*c").matches("aXXbYYc"));
         assert!(!RoomPattern::new("a*b*c").matches("aXXbYY"));
-        assert!(RoomPattern::new("doc:42").matches("doc:42") && !RoomPattern::new("doc:42").matches("doc:420"));
+        assert!(
+            RoomPattern::new("doc:42").matches("doc:42")
+                && !RoomPattern::new("doc:42").matches("doc:420")
+        );
     }
 
     #[test]
@@ -285,8 +310,14 @@ mod tests {
         assert!(creds.may_subscribe("chat:x") && !creds.may_publish("chat:x"));
         assert_eq!(v.verify(&token, 1000), Err(AuthError::Expired));
         let forged = mint_hs256("other", "alice", None, &subs, &[], None).unwrap();
-        assert_eq!(v.verify(&forged, 0), Err(AuthError::Invalid("signature does not match".into())));
-        assert!(matches!(v.verify("not.a.token", 0), Err(AuthError::Invalid(_))));
+        assert_eq!(
+            v.verify(&forged, 0),
+            Err(AuthError::Invalid("signature does not match".into()))
+        );
+        assert!(matches!(
+            v.verify("not.a.token", 0),
+            Err(AuthError::Invalid(_))
+        ));
         let no_sub = mint_hs256("s", "", None, &[], &[], None).unwrap();
         assert!(matches!(v.verify(&no_sub, 0), Err(AuthError::Invalid(m)) if m.contains("sub")));
     }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Broker, BrokerError, BrokerHandler, HistoryPage, HistoryQuery, PresenceStats, StreamOptions,
-    StreamTop,
+    BoxFuture, Broker, BrokerError, BrokerHandler, HistoryPage, HistoryQuery, PresenceStats,
+    StreamOptions, StreamTop,
 };
 use crate::wire::v1::{ClientInfo, Publication};
 
@@ -40,25 +40,39 @@ struct Stream {
 
 impl Stream {
     fn new(now: Instant) -> Self {
-        Self { epoch: new_epoch(), offset: 0, entries: VecDeque::new(), last_publish: now }
+        Self {
+            epoch: new_epoch(),
+            offset: 0,
+            entries: VecDeque::new(),
+            last_publish: now,
+        }
     }
 
     fn trim(&mut self, now: Instant, history_size: usize) {
         while self.entries.len() > history_size {
             self.entries.pop_front();
         }
-        while self.entries.front().is_some_and(|(_, expires)| *expires <= now) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(_, expires)| *expires <= now)
+        {
             self.entries.pop_front();
         }
     }
 
     fn top(&self) -> StreamTop {
-        StreamTop { offset: self.offset, epoch: self.epoch.clone() }
+        StreamTop {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
     }
 }
 
 fn new_epoch() -> String {
-    std::iter::repeat_with(fastrand::alphanumeric).take(8).collect()
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(8)
+        .collect()
 }
 
 /// Who is in each room: room → client id → client.
@@ -108,7 +122,11 @@ impl MemoryBroker {
                 // A stream nobody published into was created by a read
                 // (subscribe, history); dropping it early costs at most a
                 // `recovered = false` for a client that saw nothing anyway.
-                let ttl = if stream.offset == 0 { EMPTY_STREAM_TTL } else { STREAM_META_TTL };
+                let ttl = if stream.offset == 0 {
+                    EMPTY_STREAM_TTL
+                } else {
+                    STREAM_META_TTL
+                };
                 now.saturating_duration_since(stream.last_publish) < ttl
             });
         }
@@ -138,19 +156,28 @@ impl MemoryBroker {
             return StreamTop::default();
         }
         let mut shard = lock(&self.streams[self.shard(room)]);
-        let stream = shard.entry(room.to_owned()).or_insert_with(|| Stream::new(now));
+        let stream = shard
+            .entry(room.to_owned())
+            .or_insert_with(|| Stream::new(now));
         stream.offset += 1;
         stream.last_publish = now;
         publication.offset = stream.offset;
         if let Some(handler) = handler {
             handler.handle_publication(room, &publication, exclude);
         }
-        stream.entries.push_back((publication, now + options.history_ttl));
+        stream
+            .entries
+            .push_back((publication, now + options.history_ttl));
         stream.trim(now, options.history_size);
         stream.top()
     }
 
-    fn history_now(&self, room: &str, query: HistoryQuery, options: StreamOptions) -> Result<HistoryPage, BrokerError> {
+    fn history_now(
+        &self,
+        room: &str,
+        query: HistoryQuery,
+        options: StreamOptions,
+    ) -> Result<HistoryPage, BrokerError> {
         if options.history_size == 0 {
             return match query.since {
                 Some(_) => Err(BrokerError::Unrecoverable),
@@ -159,19 +186,31 @@ impl MemoryBroker {
         }
         let now = Instant::now();
         let mut shard = lock(&self.streams[self.shard(room)]);
-        let stream = shard.entry(room.to_owned()).or_insert_with(|| Stream::new(now));
+        let stream = shard
+            .entry(room.to_owned())
+            .or_insert_with(|| Stream::new(now));
         stream.trim(now, options.history_size);
         let top = stream.top();
         // The oldest offset still kept; everything at or above it is present.
-        let oldest = stream.entries.front().map_or(stream.offset + 1, |(p, _)| p.offset);
+        let oldest = stream
+            .entries
+            .front()
+            .map_or(stream.offset + 1, |(p, _)| p.offset);
         let entries = &stream.entries;
         let publications: Vec<Publication> = match (&query.since, query.reverse) {
-            (Some(since), _) if since.epoch != stream.epoch => return Err(BrokerError::Unrecoverable),
+            (Some(since), _) if since.epoch != stream.epoch => {
+                return Err(BrokerError::Unrecoverable);
+            }
             (Some(since), false) => {
                 if since.offset > stream.offset || since.offset + 1 < oldest {
                     return Err(BrokerError::Unrecoverable);
                 }
-                entries.iter().filter(|(p, _)| p.offset > since.offset).take(query.limit).map(|(p, _)| p.clone()).collect()
+                entries
+                    .iter()
+                    .filter(|(p, _)| p.offset > since.offset)
+                    .take(query.limit)
+                    .map(|(p, _)| p.clone())
+                    .collect()
             }
             (Some(since), true) => entries
                 .iter()
@@ -180,8 +219,17 @@ impl MemoryBroker {
                 .take(query.limit)
                 .map(|(p, _)| p.clone())
                 .collect(),
-            (None, false) => entries.iter().take(query.limit).map(|(p, _)| p.clone()).collect(),
-            (None, true) => entries.iter().rev().take(query.limit).map(|(p, _)| p.clone()).collect(),
+            (None, false) => entries
+                .iter()
+                .take(query.limit)
+                .map(|(p, _)| p.clone())
+                .collect(),
+            (None, true) => entries
+                .iter()
+                .rev()
+                .take(query.limit)
+                .map(|(p, _)| p.clone())
+                .collect(),
         };
         Ok(HistoryPage { publications, top })
     }
@@ -206,14 +254,22 @@ impl Broker for MemoryBroker {
         ready(Ok(self.publish_now(room, publication, options, exclude)))
     }
 
-    fn publish_join<'a>(&'a self, room: &'a str, client: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn publish_join<'a>(
+        &'a self,
+        room: &'a str,
+        client: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         if let Some(handler) = self.handler.get() {
             handler.handle_join(room, &client);
         }
         ready(Ok(()))
     }
 
-    fn publish_leave<'a>(&'a self, room: &'a str, client: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn publish_leave<'a>(
+        &'a self,
+        room: &'a str,
+        client: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         if let Some(handler) = self.handler.get() {
             handler.handle_leave(room, &client);
         }
@@ -229,12 +285,23 @@ impl Broker for MemoryBroker {
         ready(self.history_now(room, query, options))
     }
 
-    fn add_presence<'a>(&'a self, room: &'a str, client: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>> {
-        lock(&self.presence[self.shard(room)]).entry(room.to_owned()).or_default().insert(client.client.clone(), client);
+    fn add_presence<'a>(
+        &'a self,
+        room: &'a str,
+        client: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        lock(&self.presence[self.shard(room)])
+            .entry(room.to_owned())
+            .or_default()
+            .insert(client.client.clone(), client);
         ready(Ok(()))
     }
 
-    fn remove_presence<'a>(&'a self, room: &'a str, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+    fn remove_presence<'a>(
+        &'a self,
+        room: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
         let mut shard = lock(&self.presence[self.shard(room)]);
         if let Some(clients) = shard.get_mut(room) {
             clients.remove(client_id);
@@ -245,17 +312,31 @@ impl Broker for MemoryBroker {
         ready(Ok(()))
     }
 
-    fn presence<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<BTreeMap<String, ClientInfo>, BrokerError>> {
-        let clients = lock(&self.presence[self.shard(room)]).get(room).cloned().unwrap_or_default();
+    fn presence<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, ClientInfo>, BrokerError>> {
+        let clients = lock(&self.presence[self.shard(room)])
+            .get(room)
+            .cloned()
+            .unwrap_or_default();
         ready(Ok(clients))
     }
 
-    fn presence_stats<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
+    fn presence_stats<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>> {
         let shard = lock(&self.presence[self.shard(room)]);
-        let stats = shard.get(room).map_or_else(PresenceStats::default, |clients| {
-            let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
-            PresenceStats { clients: clients.len() as u32, users: users.len() as u32 }
-        });
+        let stats = shard
+            .get(room)
+            .map_or_else(PresenceStats::default, |clients| {
+                let users: HashSet<&str> = clients.values().map(|c| c.user.as_str()).collect();
+                PresenceStats {
+                    clients: clients.len() as u32,
+                    users: users.len() as u32,
+                }
+            });
         ready(Ok(stats))
     }
 
@@ -273,10 +354,17 @@ mod tests {
     use super::*;
     use crate::wire::v1::StreamPosition;
 
-    const KEEP3: StreamOptions = StreamOptions { history_size: 3, history_ttl: Duration::from_secs(60) };
+    const KEEP3: StreamOptions = StreamOptions {
+        history_size: 3,
+        history_ttl: Duration::from_secs(60),
+    };
 
     fn publication(n: u8) -> Publication {
-        Publication { room: "r".into(), data: vec![n].into(), ..Default::default() }
+        Publication {
+            room: "r".into(),
+            data: vec![n].into(),
+            ..Default::default()
+        }
     }
 
     fn offsets(page: &HistoryPage) -> Vec<u64> {
@@ -287,40 +375,135 @@ mod tests {
     async fn offsets_history_window_and_recovery_bounds() {
         let broker = MemoryBroker::new();
         for n in 1..=5 {
-            let top = broker.publish("r", publication(n), KEEP3, None).await.unwrap();
+            let top = broker
+                .publish("r", publication(n), KEEP3, None)
+                .await
+                .unwrap();
             assert_eq!(top.offset, u64::from(n));
         }
-        let all = broker.history("r", HistoryQuery { limit: 10, ..Default::default() }, KEEP3).await.unwrap();
+        let all = broker
+            .history(
+                "r",
+                HistoryQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+                KEEP3,
+            )
+            .await
+            .unwrap();
         assert_eq!(offsets(&all), [3, 4, 5]);
         let epoch = all.top.epoch.clone();
-        let since = |offset| Some(StreamPosition { offset, epoch: epoch.clone() });
-        let q = |since, reverse| HistoryQuery { since, limit: 10, reverse };
-        assert_eq!(offsets(&broker.history("r", q(since(2), false), KEEP3).await.unwrap()), [3, 4, 5]);
-        assert_eq!(offsets(&broker.history("r", q(since(5), false), KEEP3).await.unwrap()), Vec::<u64>::new());
-        assert!(matches!(broker.history("r", q(since(1), false), KEEP3).await, Err(BrokerError::Unrecoverable)));
-        assert!(matches!(broker.history("r", q(since(6), false), KEEP3).await, Err(BrokerError::Unrecoverable)));
-        let other = Some(StreamPosition { offset: 4, epoch: "other".into() });
-        assert!(matches!(broker.history("r", q(other, false), KEEP3).await, Err(BrokerError::Unrecoverable)));
-        assert_eq!(offsets(&broker.history("r", q(since(5), true), KEEP3).await.unwrap()), [4, 3]);
-        assert_eq!(offsets(&broker.history("r", q(None, true), KEEP3).await.unwrap()), [5, 4, 3]);
+        let since = |offset| {
+            Some(StreamPosition {
+                offset,
+                epoch: epoch.clone(),
+            })
+        };
+        let q = |since, reverse| HistoryQuery {
+            since,
+            limit: 10,
+            reverse,
+        };
+        assert_eq!(
+            offsets(
+                &broker
+                    .history("r", q(since(2), false), KEEP3)
+                    .await
+                    .unwrap()
+            ),
+            [3, 4, 5]
+        );
+        assert_eq!(
+            offsets(
+                &broker
+                    .history("r", q(since(5), false), KEEP3)
+                    .await
+                    .unwrap()
+            ),
+            Vec::<u64>::new()
+        );
+        assert!(matches!(
+            broker.history("r", q(since(1), false), KEEP3).await,
+            Err(BrokerError::Unrecoverable)
+        ));
+        assert!(matches!(
+            broker.history("r", q(since(6), false), KEEP3).await,
+            Err(BrokerError::Unrecoverable)
+        ));
+        let other = Some(StreamPosition {
+            offset: 4,
+            epoch: "other".into(),
+        });
+        assert!(matches!(
+            broker.history("r", q(other, false), KEEP3).await,
+            Err(BrokerError::Unrecoverable)
+        ));
+        assert_eq!(
+            offsets(&broker.history("r", q(since(5), true), KEEP3).await.unwrap()),
+            [4, 3]
+        );
+        assert_eq!(
+            offsets(&broker.history("r", q(None, true), KEEP3).await.unwrap()),
+            [5, 4, 3]
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn ttl_expires_entries_and_meta_ttl_changes_the_epoch() {
         let broker = MemoryBroker::new();
-        broker.publish("r", publication(1), KEEP3, None).await.unwrap();
-        let first = broker.history("r", HistoryQuery { limit: 10, ..Default::default() }, KEEP3).await.unwrap();
+        broker
+            .publish("r", publication(1), KEEP3, None)
+            .await
+            .unwrap();
+        let first = broker
+            .history(
+                "r",
+                HistoryQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+                KEEP3,
+            )
+            .await
+            .unwrap();
         tokio::time::advance(Duration::from_secs(61)).await;
-        let later = broker.history("r", HistoryQuery { limit: 10, ..Default::default() }, KEEP3).await.unwrap();
+        let later = broker
+            .history(
+                "r",
+                HistoryQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+                KEEP3,
+            )
+            .await
+            .unwrap();
         assert!(later.publications.is_empty());
         assert_eq!(later.top, first.top, "the position survives its entries");
-        let since = Some(StreamPosition { offset: 0, epoch: first.top.epoch.clone() });
-        let q = HistoryQuery { since, limit: 10, reverse: false };
-        assert!(matches!(broker.history("r", q, KEEP3).await, Err(BrokerError::Unrecoverable)), "offset 1 expired");
+        let since = Some(StreamPosition {
+            offset: 0,
+            epoch: first.top.epoch.clone(),
+        });
+        let q = HistoryQuery {
+            since,
+            limit: 10,
+            reverse: false,
+        };
+        assert!(
+            matches!(
+                broker.history("r", q, KEEP3).await,
+                Err(BrokerError::Unrecoverable)
+            ),
+            "offset 1 expired"
+        );
         tokio::time::advance(STREAM_META_TTL).await;
         broker.sweep(Instant::now());
         assert_eq!(broker.streams(), 0);
-        let top = broker.publish("r", publication(2), KEEP3, None).await.unwrap();
+        let top = broker
+            .publish("r", publication(2), KEEP3, None)
+            .await
+            .unwrap();
         assert_eq!(top.offset, 1);
         assert_ne!(top.epoch, first.top.epoch);
     }
@@ -329,10 +512,20 @@ mod tests {
     async fn presence_and_stats() {
         let broker = MemoryBroker::new();
         for (user, client) in [("a", "1"), ("a", "2"), ("b", "3")] {
-            let info = ClientInfo { user: user.into(), client: client.into(), ..Default::default() };
+            let info = ClientInfo {
+                user: user.into(),
+                client: client.into(),
+                ..Default::default()
+            };
             broker.add_presence("r", info).await.unwrap();
         }
-        assert_eq!(broker.presence_stats("r").await.unwrap(), PresenceStats { clients: 3, users: 2 });
+        assert_eq!(
+            broker.presence_stats("r").await.unwrap(),
+            PresenceStats {
+                clients: 3,
+                users: 2
+            }
+        );
         broker.remove_presence("r", "2").await.unwrap();
         assert_eq!(broker.presence("r").await.unwrap().len(), 2);
     }

@@ -127,10 +127,18 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<StreamTop, BrokerError>>;
 
     /// Tells every node that a connection joined a room.
-    fn publish_join<'a>(&'a self, room: &'a str, client: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn publish_join<'a>(
+        &'a self,
+        room: &'a str,
+        client: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Tells every node that a connection left a room.
-    fn publish_leave<'a>(&'a self, room: &'a str, client: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn publish_leave<'a>(
+        &'a self,
+        room: &'a str,
+        client: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Reads a room's history.
     fn history<'a>(
@@ -141,16 +149,30 @@ pub trait Broker: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<HistoryPage, BrokerError>>;
 
     /// Records a connection as present in a room.
-    fn add_presence<'a>(&'a self, room: &'a str, client: ClientInfo) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn add_presence<'a>(
+        &'a self,
+        room: &'a str,
+        client: ClientInfo,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Removes a connection from a room's presence.
-    fn remove_presence<'a>(&'a self, room: &'a str, client_id: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+    fn remove_presence<'a>(
+        &'a self,
+        room: &'a str,
+        client_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
 
     /// Who is in a room, keyed by client id.
-    fn presence<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<BTreeMap<String, ClientInfo>, BrokerError>>;
+    fn presence<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, ClientInfo>, BrokerError>>;
 
     /// How many are in a room.
-    fn presence_stats<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
+    fn presence_stats<'a>(
+        &'a self,
+        room: &'a str,
+    ) -> BoxFuture<'a, Result<PresenceStats, BrokerError>>;
 
     /// Whether the broker can serve requests (readiness).
     fn health(&self) -> BoxFuture<'_, Result<(), BrokerError>>;

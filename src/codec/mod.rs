@@ -374,4 +374,3 @@ impl StreamDecoder {
         Ok(Some(frame))
     }
 }
-

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use bytes::Bytes;
 
 use super::outbox::{Close, Outbox};
-use crate::codes::CloseCode;
 use crate::codec::{self, Encoding};
+use crate::codes::CloseCode;
 use crate::wire::v1::ServerFrame;
 
 /// A connection id, shared by every map that holds it.
@@ -86,7 +86,10 @@ pub struct Hub {
 
 impl Default for Hub {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| RwLock::default()).collect(), hasher: RandomState::new() }
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+        }
     }
 }
 
@@ -103,12 +106,20 @@ impl Hub {
     /// Adds a connection to a room as pending: frames for the room are held
     /// for it until [`Hub::activate`]. Returns the room's member count
     /// including it, and whether the room was new on this node.
-    pub fn add_pending(&self, room: &Arc<str>, conn: &ConnId, outbox: Arc<Outbox>) -> (usize, bool) {
+    pub fn add_pending(
+        &self,
+        room: &Arc<str>,
+        conn: &ConnId,
+        outbox: Arc<Outbox>,
+    ) -> (usize, bool) {
         let mut shard = write(self.shard(room));
         let created = !shard.contains_key(&**room);
         let entry = shard.entry(room.clone()).or_default().clone();
         let mut pending = lock(&entry.pending);
-        if pending.insert(conn.clone(), (outbox, Held::default())).is_none() {
+        if pending
+            .insert(conn.clone(), (outbox, Held::default()))
+            .is_none()
+        {
             entry.pending_count.fetch_add(1, Ordering::AcqRel);
         }
         drop(pending);
@@ -122,7 +133,9 @@ impl Hub {
         // Lock order: members, then pending (as in `broadcast`), so no frame
         // can be broadcast between releasing the held ones and going live.
         let mut members = write(&entry.members);
-        let Some((outbox, held)) = lock(&entry.pending).remove(conn) else { return };
+        let Some((outbox, held)) = lock(&entry.pending).remove(conn) else {
+            return;
+        };
         entry.pending_count.fetch_sub(1, Ordering::AcqRel);
         for (offset, frame) in held.frames {
             if offset == 0 || offset > after_offset {
@@ -135,7 +148,9 @@ impl Hub {
     /// Removes a connection from a room (live or pending). Returns whether
     /// the room is now empty on this node (and was dropped).
     pub fn remove(&self, room: &str, conn: &str) -> bool {
-        let Some(entry) = self.room(room) else { return false };
+        let Some(entry) = self.room(room) else {
+            return false;
+        };
         write(&entry.members).remove(conn);
         if lock(&entry.pending).remove(conn).is_some() {
             entry.pending_count.fetch_sub(1, Ordering::AcqRel);
@@ -157,9 +172,17 @@ impl Hub {
     /// Queues `frame` for every member of `room` except `exclude`, encoding it
     /// once per encoding in use. `offset` is the publication's offset (0 for
     /// frames without one), used to release held frames without duplicates.
-    pub fn broadcast(&self, room: &str, frame: &ServerFrame, offset: u64, exclude: Option<&str>) -> Fanout {
+    pub fn broadcast(
+        &self,
+        room: &str,
+        frame: &ServerFrame,
+        offset: u64,
+        exclude: Option<&str>,
+    ) -> Fanout {
         let mut out = Fanout::default();
-        let Some(entry) = self.room(room) else { return out };
+        let Some(entry) = self.room(room) else {
+            return out;
+        };
         let mut encoded: [Option<Bytes>; 2] = [None, None];
         let mut bytes_for = |encoding: Encoding, out: &mut Fanout| -> Bytes {
             let slot = &mut encoded[encoding as usize];
@@ -189,7 +212,10 @@ impl Hub {
                 let frame = bytes_for(outbox.encoding(), &mut out);
                 if held.bytes + frame.len() > outbox.capacity() {
                     *held = Held::default();
-                    outbox.close(Close::new(CloseCode::SLOW, "too many publications during recovery"));
+                    outbox.close(Close::new(
+                        CloseCode::SLOW,
+                        "too many publications during recovery",
+                    ));
                     out.overflowed += 1;
                     continue;
                 }
@@ -215,12 +241,16 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::v1::{server_frame::Body, Publication};
+    use crate::wire::v1::{Publication, server_frame::Body};
 
     fn publication(offset: u64) -> ServerFrame {
         ServerFrame {
             id: 0,
-            body: Some(Body::Publication(Publication { room: "r".into(), offset, ..Default::default() })),
+            body: Some(Body::Publication(Publication {
+                room: "r".into(),
+                offset,
+                ..Default::default()
+            })),
         }
     }
 
@@ -238,7 +268,11 @@ mod tests {
         let room: Arc<str> = "r".into();
         let mut outboxes = Vec::new();
         for i in 0..10 {
-            let encoding = if i % 2 == 0 { Encoding::Json } else { Encoding::Protobuf };
+            let encoding = if i % 2 == 0 {
+                Encoding::Json
+            } else {
+                Encoding::Protobuf
+            };
             let outbox = Arc::new(Outbox::new(1 << 20, encoding));
             let conn: ConnId = format!("c{i}").into();
             hub.add_pending(&room, &conn, outbox.clone());
@@ -246,7 +280,14 @@ mod tests {
             outboxes.push(outbox);
         }
         let fanout = hub.broadcast("r", &publication(1), 1, Some("c0"));
-        assert_eq!(fanout, Fanout { delivered: 9, overflowed: 0, encodings: 2 });
+        assert_eq!(
+            fanout,
+            Fanout {
+                delivered: 9,
+                overflowed: 0,
+                encodings: 2
+            }
+        );
         assert!(drain(&outboxes[0]).await.is_empty());
         assert_eq!(drain(&outboxes[2]).await.len(), 1);
     }
@@ -265,7 +306,11 @@ mod tests {
         hub.activate("r", &conn, 2);
         let frames = drain(&outbox).await;
         assert_eq!(frames.len(), 2);
-        assert!(std::str::from_utf8(&frames[0]).unwrap().contains("\"offset\":\"3\""));
+        assert!(
+            std::str::from_utf8(&frames[0])
+                .unwrap()
+                .contains("\"offset\":\"3\"")
+        );
         hub.broadcast("r", &publication(5), 5, None);
         assert_eq!(drain(&outbox).await.len(), 1);
         assert!(hub.remove("r", "c"));

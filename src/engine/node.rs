@@ -16,7 +16,7 @@ use crate::codec::Encoding;
 use crate::codes::CloseCode;
 use crate::config::{Config, ConfigError, RoomOptions};
 use crate::metrics as m;
-use crate::wire::v1::{server_frame::Body, ClientInfo, Join, Leave, Publication, ServerFrame};
+use crate::wire::v1::{ClientInfo, Join, Leave, Publication, ServerFrame, server_frame::Body};
 
 /// What a transport knows when a connection opens.
 #[derive(Clone, Debug)]
@@ -61,7 +61,10 @@ struct Delivery(Arc<Hub>);
 
 impl BrokerHandler for Delivery {
     fn handle_publication(&self, room: &str, publication: &Publication, exclude: Option<&str>) {
-        let frame = ServerFrame { id: 0, body: Some(Body::Publication(publication.clone())) };
+        let frame = ServerFrame {
+            id: 0,
+            body: Some(Body::Publication(publication.clone())),
+        };
         let fanout = self.0.broadcast(room, &frame, publication.offset, exclude);
         m::fanout(&fanout);
     }
@@ -69,7 +72,10 @@ impl BrokerHandler for Delivery {
     fn handle_join(&self, room: &str, client: &ClientInfo) {
         let frame = ServerFrame {
             id: 0,
-            body: Some(Body::Join(Join { room: room.to_owned(), client: Some(client.clone()) })),
+            body: Some(Body::Join(Join {
+                room: room.to_owned(),
+                client: Some(client.clone()),
+            })),
         };
         m::fanout(&self.0.broadcast(room, &frame, 0, None));
     }
@@ -77,7 +83,10 @@ impl BrokerHandler for Delivery {
     fn handle_leave(&self, room: &str, client: &ClientInfo) {
         let frame = ServerFrame {
             id: 0,
-            body: Some(Body::Leave(Leave { room: room.to_owned(), client: Some(client.clone()) })),
+            body: Some(Body::Leave(Leave {
+                room: room.to_owned(),
+                client: Some(client.clone()),
+            })),
         };
         m::fanout(&self.0.broadcast(room, &frame, 0, None));
     }
@@ -95,7 +104,9 @@ impl Node {
         let verifier = Verifier::new(&config.auth)?;
         let hub = Arc::new(Hub::default());
         broker.set_handler(Arc::new(Delivery(hub.clone())));
-        let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
         Ok(Arc::new(Self {
             config: Arc::new(config),
             broker,
@@ -137,7 +148,13 @@ impl Node {
     /// not exist.
     pub(crate) fn room_options(&self, namespace: &str) -> Option<(&RoomOptions, StreamOptions)> {
         self.config.room_options(namespace).map(|o| {
-            (o, StreamOptions { history_size: o.history_size, history_ttl: o.history_ttl })
+            (
+                o,
+                StreamOptions {
+                    history_size: o.history_size,
+                    history_ttl: o.history_ttl,
+                },
+            )
         })
     }
 
@@ -146,13 +163,19 @@ impl Node {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Close::new(CloseCode::SHUTDOWN, "server shutting down"));
         }
-        let outbox = Arc::new(Outbox::new(self.config.limits.outbound_queue_bytes, params.encoding));
+        let outbox = Arc::new(Outbox::new(
+            self.config.limits.outbound_queue_bytes,
+            params.encoding,
+        ));
         let id: ConnId = new_client_id().into();
         {
             let mut registry = lock(&self.registry);
             if registry.connections.len() >= self.config.limits.max_connections {
                 m::rejected("server_full");
-                return Err(Close::new(CloseCode::SERVER_FULL, "server at its connection limit"));
+                return Err(Close::new(
+                    CloseCode::SERVER_FULL,
+                    "server at its connection limit",
+                ));
             }
             registry.connections.insert(id.clone(), outbox.clone());
         }
@@ -237,7 +260,8 @@ impl Node {
     pub async fn shutdown(&self) -> usize {
         self.shutting_down.store(true, Ordering::Release);
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        let outboxes: Vec<Arc<Outbox>> = lock(&self.registry).connections.values().cloned().collect();
+        let outboxes: Vec<Arc<Outbox>> =
+            lock(&self.registry).connections.values().cloned().collect();
         let close = Close::new(CloseCode::SHUTDOWN, "server shutting down");
         for batch in outboxes.chunks(self.config.shutdown_batch.max(1)) {
             for outbox in batch {

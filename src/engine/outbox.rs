@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use crate::codec::{self, Encoding};
 use crate::codes::CloseCode;
-use crate::wire::v1::{server_frame::Body, Disconnect, ServerFrame};
+use crate::wire::v1::{Disconnect, ServerFrame, server_frame::Body};
 
 /// Why and how a connection ends, as the peer is told.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +72,13 @@ pub struct Outbox {
 impl Outbox {
     /// A queue holding at most `cap` bytes for a connection speaking `encoding`.
     pub fn new(cap: usize, encoding: Encoding) -> Self {
-        Self { queue: Mutex::new(Queue::default()), ready: Notify::new(), closing: Notify::new(), cap, encoding }
+        Self {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            closing: Notify::new(),
+            cap,
+            encoding,
+        }
     }
 
     /// The most bytes this queue holds before the connection is slow.
@@ -150,7 +156,9 @@ impl Outbox {
                 reconnect: close.code.reconnect(),
             })),
         };
-        queue.frames.push_back(codec::encode(&disconnect, self.encoding));
+        queue
+            .frames
+            .push_back(codec::encode(&disconnect, self.encoding));
         queue.close = Some(close);
     }
 
@@ -215,28 +223,43 @@ mod tests {
         outbox.push(Bytes::from_static(b"b\n")).unwrap();
         let mut out = Vec::new();
         assert_eq!(outbox.next_batch(&mut out).await, None);
-        assert_eq!(out, [Bytes::from_static(b"a\n"), Bytes::from_static(b"b\n")]);
+        assert_eq!(
+            out,
+            [Bytes::from_static(b"a\n"), Bytes::from_static(b"b\n")]
+        );
         outbox.close(Close::new(CloseCode::SHUTDOWN, "bye"));
-        assert_eq!(outbox.push(Bytes::from_static(b"c")), Err(PushError::Closed));
+        assert_eq!(
+            outbox.push(Bytes::from_static(b"c")),
+            Err(PushError::Closed)
+        );
         out.clear();
         assert_eq!(outbox.next_batch(&mut out).await, None);
         assert_eq!(
             &out[0][..],
             b"{\"disconnect\":{\"code\":3000,\"reason\":\"bye\",\"reconnect\":true}}\n"
         );
-        assert_eq!(outbox.next_batch(&mut out).await.unwrap().code, CloseCode::SHUTDOWN);
+        assert_eq!(
+            outbox.next_batch(&mut out).await.unwrap().code,
+            CloseCode::SHUTDOWN
+        );
     }
 
     #[tokio::test]
     async fn overflow_drops_the_queue_and_closes_slow() {
         let outbox = Outbox::new(10, Encoding::Protobuf);
         outbox.push(Bytes::from_static(&[0; 8])).unwrap();
-        assert_eq!(outbox.push(Bytes::from_static(&[0; 8])), Err(PushError::Overflow));
+        assert_eq!(
+            outbox.push(Bytes::from_static(&[0; 8])),
+            Err(PushError::Overflow)
+        );
         assert_eq!(outbox.queued_bytes(), 0);
         let mut out = Vec::new();
         assert_eq!(outbox.next_batch(&mut out).await, None);
         assert_eq!(out.len(), 1, "only the disconnect push is left");
-        assert_eq!(outbox.next_batch(&mut out).await.unwrap().code, CloseCode::SLOW);
+        assert_eq!(
+            outbox.next_batch(&mut out).await.unwrap().code,
+            CloseCode::SLOW
+        );
     }
 
     #[test]

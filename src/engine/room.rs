@@ -26,7 +26,9 @@ impl RoomName {
             return Err(InvalidRoomName("longer than 255 bytes"));
         }
         if !name.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-            return Err(InvalidRoomName("only printable ASCII without spaces is allowed"));
+            return Err(InvalidRoomName(
+                "only printable ASCII without spaces is allowed",
+            ));
         }
         Ok(Self(Arc::from(name)))
     }
@@ -85,8 +87,19 @@ mod tests {
         assert!(RoomName::parse(&"x".repeat(256)).is_err());
         assert!(RoomName::parse(&"x".repeat(255)).is_ok());
         let dm = RoomName::parse("dm:#alice,bob").unwrap();
-        assert_eq!(dm.allowed_users().unwrap().collect::<Vec<_>>(), ["alice", "bob"]);
-        assert!(RoomName::parse("chat:lobby").unwrap().allowed_users().is_none());
-        assert_eq!(RoomName::personal("personal", "alice").unwrap().as_str(), "personal:#alice");
+        assert_eq!(
+            dm.allowed_users().unwrap().collect::<Vec<_>>(),
+            ["alice", "bob"]
+        );
+        assert!(
+            RoomName::parse("chat:lobby")
+                .unwrap()
+                .allowed_users()
+                .is_none()
+        );
+        assert_eq!(
+            RoomName::personal("personal", "alice").unwrap().as_str(),
+            "personal:#alice"
+        );
     }
 }

@@ -26,17 +26,21 @@ use crate::codes::{CloseCode, ErrorCode};
 use crate::config::RoomOptions;
 use crate::metrics as m;
 use crate::wire::v1::{
-    client_frame::Command, server_frame::Body, ClientFrame, ClientInfo, ConnectRequest, ConnectResult, Error,
-    HistoryRequest, HistoryResult, PingResult, PresenceResult, PresenceStatsResult, Publication,
-    PublishRequest, PublishResult, RefreshRequest, RefreshResult, ServerFrame, SubscribeRequest,
-    SubscribeResult, Subscribed, UnsubscribeResult,
+    ClientFrame, ClientInfo, ConnectRequest, ConnectResult, Error, HistoryRequest, HistoryResult,
+    PingResult, PresenceResult, PresenceStatsResult, Publication, PublishRequest, PublishResult,
+    RefreshRequest, RefreshResult, ServerFrame, SubscribeRequest, SubscribeResult, Subscribed,
+    UnsubscribeResult, client_frame::Command, server_frame::Body,
 };
 
 /// A reply's body, or the error sent instead.
 type Reply = Result<Body, Error>;
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Error {
-    Error { code: code.0, message: message.into(), temporary: code.temporary() }
+    Error {
+        code: code.0,
+        message: message.into(),
+        temporary: code.temporary(),
+    }
 }
 
 fn broker_error(err: BrokerError) -> Error {
@@ -81,7 +85,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub(super) fn new(node: Arc<Node>, id: ConnId, outbox: Arc<Outbox>, params: OpenParams) -> Self {
+    pub(super) fn new(
+        node: Arc<Node>,
+        id: ConnId,
+        outbox: Arc<Outbox>,
+        params: OpenParams,
+    ) -> Self {
         let limits = &node.config.limits;
         let rate = NonZeroU32::new(limits.command_rate).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(limits.command_burst).unwrap_or(rate);
@@ -132,23 +141,33 @@ impl Session {
         let now = Instant::now();
         let limits = &self.node.config.limits;
         match &mut self.phase {
-            Phase::AwaitingConnect { deadline } if now >= *deadline => {
-                Err(Close::new(CloseCode::CONNECT_TIMEOUT, "no connect command in time"))
-            }
+            Phase::AwaitingConnect { deadline } if now >= *deadline => Err(Close::new(
+                CloseCode::CONNECT_TIMEOUT,
+                "no connect command in time",
+            )),
             Phase::AwaitingConnect { .. } => Ok(()),
             Phase::Connected(c) => {
                 if c.expires.is_some_and(|e| now >= e) {
-                    return Err(Close::new(CloseCode::EXPIRED, "session expired: token not refreshed"));
+                    return Err(Close::new(
+                        CloseCode::EXPIRED,
+                        "session expired: token not refreshed",
+                    ));
                 }
                 if c.pong_deadline.is_some_and(|d| now >= d) {
-                    return Err(Close::new(CloseCode::NO_PONG, "no pong to the server's heartbeat"));
+                    return Err(Close::new(
+                        CloseCode::NO_PONG,
+                        "no pong to the server's heartbeat",
+                    ));
                 }
                 if now >= c.next_heartbeat {
                     c.next_heartbeat = now + limits.ping_interval;
                     if c.pong_deadline.is_none() {
                         c.pong_deadline = Some(now + limits.pong_timeout);
                     }
-                    let heartbeat = ServerFrame { id: 0, body: Some(Body::Heartbeat(Default::default())) };
+                    let heartbeat = ServerFrame {
+                        id: 0,
+                        body: Some(Body::Heartbeat(Default::default())),
+                    };
                     let _ = self.outbox.push_frame(&heartbeat);
                 }
                 Ok(())
@@ -159,7 +178,9 @@ impl Session {
     /// Handles one transport message: a batch of frames.
     pub async fn handle_message(&mut self, message: &[u8]) -> Result<(), Close> {
         m::bytes_in(message.len());
-        let frames: Vec<_> = codec::decode_batch::<ClientFrame>(message, self.outbox.encoding(), &self.limits).collect();
+        let frames: Vec<_> =
+            codec::decode_batch::<ClientFrame>(message, self.outbox.encoding(), &self.limits)
+                .collect();
         for frame in frames {
             let frame = frame.map_err(|e| {
                 m::decode_error(e.kind());
@@ -180,20 +201,31 @@ impl Session {
         }
         if self.limiter.check().is_err() {
             m::rejected("rate_limit");
-            return Err(Close::new(CloseCode::TOO_MANY_REQUESTS, "command rate limit exceeded"));
+            return Err(Close::new(
+                CloseCode::TOO_MANY_REQUESTS,
+                "command rate limit exceeded",
+            ));
         }
         if id == 0 {
-            return Err(Close::new(CloseCode::BAD_REQUEST, "command without a request id"));
+            return Err(Close::new(
+                CloseCode::BAD_REQUEST,
+                "command without a request id",
+            ));
         }
         let started = std::time::Instant::now();
         let kind = command.as_ref().map_or("unknown", command_name);
         let reply = match (command, &self.phase) {
-            (Some(Command::Connect(req)), Phase::AwaitingConnect { .. }) => self.connect(req).await?,
+            (Some(Command::Connect(req)), Phase::AwaitingConnect { .. }) => {
+                self.connect(req).await?
+            }
             (Some(Command::Connect(_)), Phase::Connected(_)) => {
                 return Err(Close::new(CloseCode::BAD_REQUEST, "connect sent twice"));
             }
             (_, Phase::AwaitingConnect { .. }) => {
-                return Err(Close::new(CloseCode::BAD_REQUEST, "the first command must be connect"));
+                return Err(Close::new(
+                    CloseCode::BAD_REQUEST,
+                    "the first command must be connect",
+                ));
             }
             (None, _) => Err(error(ErrorCode::UNKNOWN_COMMAND, "unknown command")),
             (Some(Command::Subscribe(req)), _) => self.subscribe(id, req).await,
@@ -217,7 +249,10 @@ impl Session {
             Ok(body) => body,
             Err(err) => Body::Error(err),
         };
-        let _ = self.outbox.push_frame(&ServerFrame { id, body: Some(body) });
+        let _ = self.outbox.push_frame(&ServerFrame {
+            id,
+            body: Some(body),
+        });
         if connected_now {
             self.subscribe_personal().await;
         }
@@ -235,7 +270,11 @@ impl Session {
         let node = self.node.clone();
         let config = &node.config;
         let now_unix = node.unix_time().as_secs();
-        let token = if !req.token.is_empty() { Some(req.token.as_str()) } else { self.url_token.as_deref() };
+        let token = if !req.token.is_empty() {
+            Some(req.token.as_str())
+        } else {
+            self.url_token.as_deref()
+        };
         let credentials = match (token, req.ticket.is_empty()) {
             (Some(token), _) => node.verifier.verify(token, now_unix).map_err(|err| {
                 m::auth_failure(&err);
@@ -246,7 +285,10 @@ impl Session {
             })?,
             (None, false) => {
                 m::rejected("ticket");
-                return Err(Close::new(CloseCode::INVALID_TICKET, "connection tickets are not enabled on this server"));
+                return Err(Close::new(
+                    CloseCode::INVALID_TICKET,
+                    "connection tickets are not enabled on this server",
+                ));
             }
             (None, true) if config.auth.allow_anonymous => Credentials::anonymous(),
             (None, true) => {
@@ -264,7 +306,9 @@ impl Session {
         }
         let limits = &config.limits;
         let now = Instant::now();
-        let expires_in = credentials.expires_at.map(|exp| exp.saturating_sub(now_unix));
+        let expires_in = credentials
+            .expires_at
+            .map(|exp| exp.saturating_sub(now_unix));
         let info = ClientInfo {
             user: credentials.user.clone(),
             client: self.id.to_string(),
@@ -272,7 +316,9 @@ impl Session {
         };
         let user = credentials.user.clone();
         self.phase = Phase::Connected(Box::new(Connected {
-            expires: credentials.expires_at.map(|exp| node.instant_of_unix(exp) + config.auth.expiry_grace),
+            expires: credentials
+                .expires_at
+                .map(|exp| node.instant_of_unix(exp) + config.auth.expiry_grace),
             credentials,
             info,
             next_heartbeat: now + limits.ping_interval,
@@ -282,7 +328,8 @@ impl Session {
             client: self.id.to_string(),
             user: user.clone(),
             version: concat!("switchboard/", env!("CARGO_PKG_VERSION")).into(),
-            expires_in_seconds: expires_in.map_or(0, |s| u32::try_from(s).unwrap_or(u32::MAX).max(1)),
+            expires_in_seconds: expires_in
+                .map_or(0, |s| u32::try_from(s).unwrap_or(u32::MAX).max(1)),
             ping_interval_ms: millis(limits.ping_interval),
             pong_timeout_ms: millis(limits.pong_timeout),
             codec: "identity".into(),
@@ -293,15 +340,20 @@ impl Session {
     /// Subscribes a freshly connected user to its personal room, when the
     /// server is configured to (a `subscribed` push after the connect reply).
     async fn subscribe_personal(&mut self) {
-        let (Some(namespace), Some(c)) = (&self.node.config.personal_namespace, self.connected()) else {
+        let (Some(namespace), Some(c)) = (&self.node.config.personal_namespace, self.connected())
+        else {
             return;
         };
         if c.credentials.user.is_empty() {
             return;
         }
-        let Ok(room) = RoomName::personal(namespace, &c.credentials.user) else { return };
+        let Ok(room) = RoomName::personal(namespace, &c.credentials.user) else {
+            return;
+        };
         let node = self.node.clone();
-        let Some((options, stream)) = node.room_options(room.namespace()) else { return };
+        let Some((options, stream)) = node.room_options(room.namespace()) else {
+            return;
+        };
         let room_text = room.to_string();
         let result = self
             .join_room(room, options.clone(), stream, None, move |r| ServerFrame {
@@ -324,9 +376,15 @@ impl Session {
     }
 
     fn room_options(&self, room: &RoomName) -> Result<(RoomOptions, StreamOptions), Error> {
-        self.node.room_options(room.namespace()).map(|(o, s)| (o.clone(), s)).ok_or_else(|| {
-            error(ErrorCode::UNKNOWN_ROOM, format!("namespace {:?} is not configured", room.namespace()))
-        })
+        self.node
+            .room_options(room.namespace())
+            .map(|(o, s)| (o.clone(), s))
+            .ok_or_else(|| {
+                error(
+                    ErrorCode::UNKNOWN_ROOM,
+                    format!("namespace {:?} is not configured", room.namespace()),
+                )
+            })
     }
 
     /// Whether this connection may read `room` (subscribe, presence, history).
@@ -339,14 +397,20 @@ impl Session {
             return if !user.is_empty() && users.any(|u| u == user) {
                 Ok(())
             } else {
-                Err(error(ErrorCode::PERMISSION_DENIED, format!("{room} is limited to the users it names")))
+                Err(error(
+                    ErrorCode::PERMISSION_DENIED,
+                    format!("{room} is limited to the users it names"),
+                ))
             };
         }
         if user.is_empty() {
             return if options.public && options.anonymous {
                 Ok(())
             } else {
-                Err(error(ErrorCode::PERMISSION_DENIED, format!("anonymous connections may not read {room}")))
+                Err(error(
+                    ErrorCode::PERMISSION_DENIED,
+                    format!("anonymous connections may not read {room}"),
+                ))
             };
         }
         if options.public || c.credentials.may_subscribe(room.as_str()) {
@@ -355,8 +419,14 @@ impl Session {
         if !token.is_empty() {
             let now = self.node.unix_time().as_secs();
             return match self.node.verifier.verify(token, now) {
-                Err(AuthError::Expired) => Err(error(ErrorCode::TOKEN_EXPIRED, "subscription token expired")),
-                Err(err) => Err(error(ErrorCode::INVALID_TOKEN, format!("subscription {err}"))),
+                Err(AuthError::Expired) => Err(error(
+                    ErrorCode::TOKEN_EXPIRED,
+                    "subscription token expired",
+                )),
+                Err(err) => Err(error(
+                    ErrorCode::INVALID_TOKEN,
+                    format!("subscription {err}"),
+                )),
                 Ok(sub) if sub.user == user && sub.may_subscribe(room.as_str()) => Ok(()),
                 Ok(_) => Err(error(
                     ErrorCode::PERMISSION_DENIED,
@@ -376,17 +446,25 @@ impl Session {
     async fn subscribe(&mut self, id: u32, req: SubscribeRequest) -> Reply {
         let room = Self::parse_room(&req.room)?;
         if self.subscriptions.contains_key(&room) {
-            return Err(error(ErrorCode::ALREADY_SUBSCRIBED, format!("already subscribed to {room}")));
+            return Err(error(
+                ErrorCode::ALREADY_SUBSCRIBED,
+                format!("already subscribed to {room}"),
+            ));
         }
         let max = self.node.config.limits.max_rooms_per_connection;
         if self.subscriptions.len() >= max {
-            return Err(error(ErrorCode::LIMIT_EXCEEDED, format!("at most {max} rooms per connection")));
+            return Err(error(
+                ErrorCode::LIMIT_EXCEEDED,
+                format!("at most {max} rooms per connection"),
+            ));
         }
         let (options, stream) = self.room_options(&room)?;
         self.may_read(&room, &options, &req.token)?;
-        self.join_room(room, options, stream, req.since, move |result| ServerFrame {
-            id,
-            body: Some(Body::Subscribe(result)),
+        self.join_room(room, options, stream, req.since, move |result| {
+            ServerFrame {
+                id,
+                body: Some(Body::Subscribe(result)),
+            }
         })
         .await?;
         Ok(Body::Subscribe(SubscribeResult::default()))
@@ -404,7 +482,9 @@ impl Session {
         reply: impl FnOnce(SubscribeResult) -> ServerFrame,
     ) -> Result<(), Error> {
         let node = self.node.clone();
-        let (members, _) = node.hub.add_pending(room.as_arc(), &self.id, self.outbox.clone());
+        let (members, _) = node
+            .hub
+            .add_pending(room.as_arc(), &self.id, self.outbox.clone());
         if options.max_members > 0 && members > options.max_members {
             node.hub.remove(room.as_str(), &self.id);
             return Err(error(ErrorCode::ROOM_FULL, format!("{room} is full")));
@@ -446,12 +526,22 @@ impl Session {
         let broker = &self.node.broker;
         let recoverable = stream.history_size > 0;
         if !recoverable {
-            return Ok(SubscribeResult { recoverable, ..Default::default() });
+            return Ok(SubscribeResult {
+                recoverable,
+                ..Default::default()
+            });
         }
         let max = self.node.config.limits.max_history_reply;
-        let top_only = HistoryQuery { since: None, limit: 0, reverse: false };
+        let top_only = HistoryQuery {
+            since: None,
+            limit: 0,
+            reverse: false,
+        };
         let Some(since) = since else {
-            let page = broker.history(room.as_str(), top_only, stream).await.map_err(broker_error)?;
+            let page = broker
+                .history(room.as_str(), top_only, stream)
+                .await
+                .map_err(broker_error)?;
             return Ok(SubscribeResult {
                 epoch: page.top.epoch,
                 offset: page.top.offset,
@@ -459,24 +549,45 @@ impl Session {
                 ..Default::default()
             });
         };
-        let query = HistoryQuery { since: Some(since), limit: max + 1, reverse: false };
+        let query = HistoryQuery {
+            since: Some(since),
+            limit: max + 1,
+            reverse: false,
+        };
         match broker.history(room.as_str(), query, stream).await {
             // Everything missed fits in one reply: recovered.
-            Ok(page) if page.publications.len() <= max && self.fits_in_one_reply(&page.publications) => Ok(SubscribeResult {
-                epoch: page.top.epoch,
-                offset: page.top.offset,
-                recoverable,
-                recovered: true,
-                publications: page.publications,
-            }),
+            Ok(page)
+                if page.publications.len() <= max && self.fits_in_one_reply(&page.publications) =>
+            {
+                Ok(SubscribeResult {
+                    epoch: page.top.epoch,
+                    offset: page.top.offset,
+                    recoverable,
+                    recovered: true,
+                    publications: page.publications,
+                })
+            }
             Ok(page) => {
                 m::recovery(false);
-                Ok(SubscribeResult { epoch: page.top.epoch, offset: page.top.offset, recoverable, ..Default::default() })
+                Ok(SubscribeResult {
+                    epoch: page.top.epoch,
+                    offset: page.top.offset,
+                    recoverable,
+                    ..Default::default()
+                })
             }
             Err(BrokerError::Unrecoverable) => {
                 m::recovery(false);
-                let page = broker.history(room.as_str(), top_only, stream).await.map_err(broker_error)?;
-                Ok(SubscribeResult { epoch: page.top.epoch, offset: page.top.offset, recoverable, ..Default::default() })
+                let page = broker
+                    .history(room.as_str(), top_only, stream)
+                    .await
+                    .map_err(broker_error)?;
+                Ok(SubscribeResult {
+                    epoch: page.top.epoch,
+                    offset: page.top.offset,
+                    recoverable,
+                    ..Default::default()
+                })
             }
             Err(err) => Err(broker_error(err)),
         }
@@ -492,7 +603,11 @@ impl Session {
     /// How many of `publications`, from the first, fit in one reply.
     fn reply_prefix(&self, publications: &[Publication]) -> usize {
         use prost::Message as _;
-        let factor = if self.outbox.encoding().is_text() { 2 } else { 1 };
+        let factor = if self.outbox.encoding().is_text() {
+            2
+        } else {
+            1
+        };
         let budget = self.outbox.capacity() / 2;
         let mut used = 0;
         publications
@@ -507,7 +622,10 @@ impl Session {
     async fn unsubscribe(&mut self, room: &str) -> Reply {
         let room = Self::parse_room(room)?;
         let Some(subscription) = self.subscriptions.remove(&room) else {
-            return Err(error(ErrorCode::NOT_SUBSCRIBED, format!("not subscribed to {room}")));
+            return Err(error(
+                ErrorCode::NOT_SUBSCRIBED,
+                format!("not subscribed to {room}"),
+            ));
         };
         self.leave_room(&room, &subscription).await;
         Ok(Body::Unsubscribe(UnsubscribeResult {}))
@@ -539,7 +657,10 @@ impl Session {
             } else {
                 "no publish claim matches it and its namespace does not allow client publishing"
             };
-            return Err(error(ErrorCode::PERMISSION_DENIED, format!("not allowed to publish into {room}: {why}")));
+            return Err(error(
+                ErrorCode::PERMISSION_DENIED,
+                format!("not allowed to publish into {room}: {why}"),
+            ));
         }
         let publication = Publication {
             room: req.room,
@@ -550,9 +671,17 @@ impl Session {
             time: i64::try_from(self.node.unix_time().as_millis()).unwrap_or(i64::MAX),
         };
         let exclude = req.exclude_self.then_some(&*self.id);
-        let top = self.node.broker.publish(room.as_str(), publication, stream, exclude).await.map_err(broker_error)?;
+        let top = self
+            .node
+            .broker
+            .publish(room.as_str(), publication, stream, exclude)
+            .await
+            .map_err(broker_error)?;
         m::published();
-        Ok(Body::Publish(PublishResult { offset: top.offset, epoch: top.epoch }))
+        Ok(Body::Publish(PublishResult {
+            offset: top.offset,
+            epoch: top.epoch,
+        }))
     }
 
     async fn presence(&self, room: &str, stats: bool) -> Reply {
@@ -562,12 +691,21 @@ impl Session {
             self.may_read(&room, &options, "")?;
         }
         if !options.presence {
-            return Err(error(ErrorCode::NOT_AVAILABLE, format!("presence is off for {room}")));
+            return Err(error(
+                ErrorCode::NOT_AVAILABLE,
+                format!("presence is off for {room}"),
+            ));
         }
         let broker = &self.node.broker;
         if stats {
-            let s = broker.presence_stats(room.as_str()).await.map_err(broker_error)?;
-            Ok(Body::PresenceStats(PresenceStatsResult { clients: s.clients, users: s.users }))
+            let s = broker
+                .presence_stats(room.as_str())
+                .await
+                .map_err(broker_error)?;
+            Ok(Body::PresenceStats(PresenceStatsResult {
+                clients: s.clients,
+                users: s.users,
+            }))
         } else {
             let clients = broker.presence(room.as_str()).await.map_err(broker_error)?;
             Ok(Body::Presence(PresenceResult { clients }))
@@ -581,37 +719,71 @@ impl Session {
             self.may_read(&room, &options, "")?;
         }
         if stream.history_size == 0 {
-            return Err(error(ErrorCode::NOT_AVAILABLE, format!("history is off for {room}")));
+            return Err(error(
+                ErrorCode::NOT_AVAILABLE,
+                format!("history is off for {room}"),
+            ));
         }
         let limit = (req.limit as usize).min(self.node.config.limits.max_history_reply);
-        let query = HistoryQuery { since: req.since, limit, reverse: req.reverse };
-        let mut page = self.node.broker.history(room.as_str(), query, stream).await.map_err(broker_error)?;
+        let query = HistoryQuery {
+            since: req.since,
+            limit,
+            reverse: req.reverse,
+        };
+        let mut page = self
+            .node
+            .broker
+            .history(room.as_str(), query, stream)
+            .await
+            .map_err(broker_error)?;
         // Large payloads: return what fits; the client pages on from the last offset.
-        page.publications.truncate(self.reply_prefix(&page.publications));
-        Ok(Body::History(HistoryResult { publications: page.publications, epoch: page.top.epoch, offset: page.top.offset }))
+        page.publications
+            .truncate(self.reply_prefix(&page.publications));
+        Ok(Body::History(HistoryResult {
+            publications: page.publications,
+            epoch: page.top.epoch,
+            offset: page.top.offset,
+        }))
     }
 
     fn refresh(&mut self, req: RefreshRequest) -> Result<Reply, Close> {
         let node = self.node.clone();
         let now_unix = node.unix_time().as_secs();
         let Phase::Connected(c) = &mut self.phase else {
-            return Err(Close::new(CloseCode::BAD_REQUEST, "the first command must be connect"));
+            return Err(Close::new(
+                CloseCode::BAD_REQUEST,
+                "the first command must be connect",
+            ));
         };
         if c.credentials.user.is_empty() {
-            return Ok(Err(error(ErrorCode::BAD_REQUEST, "anonymous connections have nothing to refresh")));
+            return Ok(Err(error(
+                ErrorCode::BAD_REQUEST,
+                "anonymous connections have nothing to refresh",
+            )));
         }
         let fresh = match node.verifier.verify(&req.token, now_unix) {
             Ok(fresh) => fresh,
-            Err(AuthError::Expired) => return Ok(Err(error(ErrorCode::TOKEN_EXPIRED, "token expired"))),
+            Err(AuthError::Expired) => {
+                return Ok(Err(error(ErrorCode::TOKEN_EXPIRED, "token expired")));
+            }
             Err(err) => return Ok(Err(error(ErrorCode::INVALID_TOKEN, err.to_string()))),
         };
         if fresh.user != c.credentials.user {
-            return Ok(Err(error(ErrorCode::INVALID_TOKEN, "the token is for another user")));
+            return Ok(Err(error(
+                ErrorCode::INVALID_TOKEN,
+                "the token is for another user",
+            )));
         }
-        c.expires = fresh.expires_at.map(|exp| node.instant_of_unix(exp) + node.config.auth.expiry_grace);
-        let expires_in = fresh.expires_at.map_or(0, |exp| u32::try_from(exp.saturating_sub(now_unix)).unwrap_or(u32::MAX));
+        c.expires = fresh
+            .expires_at
+            .map(|exp| node.instant_of_unix(exp) + node.config.auth.expiry_grace);
+        let expires_in = fresh.expires_at.map_or(0, |exp| {
+            u32::try_from(exp.saturating_sub(now_unix)).unwrap_or(u32::MAX)
+        });
         c.credentials = fresh;
-        Ok(Ok(Body::Refresh(RefreshResult { expires_in_seconds: expires_in })))
+        Ok(Ok(Body::Refresh(RefreshResult {
+            expires_in_seconds: expires_in,
+        })))
     }
 
     /// Cleans up after the connection is gone: leaves every room (presence,
@@ -621,7 +793,8 @@ impl Session {
         for (room, subscription) in &subscriptions {
             self.leave_room(room, subscription).await;
         }
-        self.node.unregister(&self.id, self.registered_user.as_deref());
+        self.node
+            .unregister(&self.id, self.registered_user.as_deref());
         m::connection_closed();
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -44,7 +44,12 @@ pub fn unsupported_subprotocol_body() -> String {
 }
 
 fn refuse(status: StatusCode, body: String) -> Response {
-    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Whether a browser `Origin` may open a socket (CSWSH protection).
@@ -53,12 +58,19 @@ fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
         // Not a browser: nothing to protect against.
         return true;
     };
-    if config.allowed_origins.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)) {
+    if config
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    {
         return true;
     }
     // Same origin: the Origin's authority equals the Host the page used.
     let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    headers.get(header::HOST).and_then(|h| h.to_str().ok()).is_some_and(|host| host.eq_ignore_ascii_case(authority))
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
 /// The handler of the WebSocket path.
@@ -101,7 +113,11 @@ pub async fn upgrade(
         }
     };
     let limits = &config.limits;
-    let url_token = if config.auth.allow_token_in_url { query.token } else { None };
+    let url_token = if config.auth.allow_token_in_url {
+        query.token
+    } else {
+        None
+    };
     let max_message = limits.max_message_size;
     ws.max_message_size(max_message)
         .max_frame_size(max_message)
@@ -109,9 +125,20 @@ pub async fn upgrade(
         .write_buffer_size(limits.websocket_write_buffer)
         // Past the write buffer, tungstenite only buffers while the socket
         // refuses writes; one drained outbox is the most we ever hand it.
-        .max_write_buffer_size(limits.websocket_write_buffer + limits.outbound_queue_bytes + max_message)
+        .max_write_buffer_size(
+            limits.websocket_write_buffer + limits.outbound_queue_bytes + max_message,
+        )
         .accept_unmasked_frames(false)
-        .on_upgrade(move |socket| serve(node, socket, OpenParams { encoding, url_token }))
+        .on_upgrade(move |socket| {
+            serve(
+                node,
+                socket,
+                OpenParams {
+                    encoding,
+                    url_token,
+                },
+            )
+        })
 }
 
 /// Runs one connection to its end.
@@ -136,7 +163,11 @@ async fn serve(node: Arc<Node>, socket: WebSocket, params: OpenParams) {
     session.finish().await;
 }
 
-async fn read_loop(session: &mut crate::engine::Session, mut stream: SplitStream<WebSocket>, encoding: Encoding) {
+async fn read_loop(
+    session: &mut crate::engine::Session,
+    mut stream: SplitStream<WebSocket>,
+    encoding: Encoding,
+) {
     let outbox = session.outbox().clone();
     loop {
         let deadline = session.deadline();
@@ -173,15 +204,27 @@ async fn read_loop(session: &mut crate::engine::Session, mut stream: SplitStream
 fn transport_error(err: &axum::Error) -> Close {
     // axum wraps tungstenite's error; its message is the only stable handle.
     let text = err.to_string();
-    if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("too big") {
-        Close::new(CloseCode::MESSAGE_TOO_BIG, "message exceeds the maximum message size")
+    if text.contains("Space limit exceeded")
+        || text.contains("too long")
+        || text.contains("too big")
+    {
+        Close::new(
+            CloseCode::MESSAGE_TOO_BIG,
+            "message exceeds the maximum message size",
+        )
     } else {
-        Close::new(CloseCode::BAD_REQUEST, format!("WebSocket protocol error: {text}"))
+        Close::new(
+            CloseCode::BAD_REQUEST,
+            format!("WebSocket protocol error: {text}"),
+        )
     }
 }
 
 fn close_message(close: &Close) -> Message {
-    Message::Close(Some(CloseFrame { code: close.code.0, reason: Utf8Bytes::from(close.reason.as_str()) }))
+    Message::Close(Some(CloseFrame {
+        code: close.code.0,
+        reason: Utf8Bytes::from(close.reason.as_str()),
+    }))
 }
 
 /// How long a closing connection may take to accept its last frames.
@@ -244,7 +287,9 @@ async fn send_batch(
             frames[i].clone()
         } else {
             let mut joined = BytesMut::with_capacity(size);
-            frames[i..end].iter().for_each(|f| joined.extend_from_slice(f));
+            frames[i..end]
+                .iter()
+                .for_each(|f| joined.extend_from_slice(f));
             joined.freeze()
         };
         m::bytes_out(payload.len());
@@ -267,16 +312,33 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs.iter().map(|(k, v)| (header::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    header::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
     }
 
     #[test]
     fn origins() {
         let mut config = Config::default();
         assert!(origin_allowed(&config, &headers(&[("host", "a.example")])));
-        assert!(origin_allowed(&config, &headers(&[("host", "a.example"), ("origin", "https://a.example")])));
-        assert!(!origin_allowed(&config, &headers(&[("host", "a.example"), ("origin", "https://evil.example")])));
+        assert!(origin_allowed(
+            &config,
+            &headers(&[("host", "a.example"), ("origin", "https://a.example")])
+        ));
+        assert!(!origin_allowed(
+            &config,
+            &headers(&[("host", "a.example"), ("origin", "https://evil.example")])
+        ));
         config.allowed_origins = vec!["https://evil.example".into()];
-        assert!(origin_allowed(&config, &headers(&[("host", "a.example"), ("origin", "https://evil.example")])));
+        assert!(origin_allowed(
+            &config,
+            &headers(&[("host", "a.example"), ("origin", "https://evil.example")])
+        ));
     }
 }

@@ -4,11 +4,11 @@
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use switchboard::codec::{
-    self, payload, DecodeError, DecodeLimits, Encoding, Frame, StreamDecoder,
+    self, DecodeError, DecodeLimits, Encoding, Frame, StreamDecoder, payload,
 };
 use switchboard::wire::v1::{
-    client_frame::Command, server_frame::Body, ClientFrame, ClientInfo, Publication,
-    PublishRequest, ServerFrame, SubscribeRequest,
+    ClientFrame, ClientInfo, Publication, PublishRequest, ServerFrame, SubscribeRequest,
+    client_frame::Command, server_frame::Body,
 };
 
 use super::alloc::peak_heap;
@@ -82,8 +82,14 @@ fn json_payloads_are_json_values_and_binary_is_named_base64() {
         "{\"id\":7,\"publish\":{\"room\":\"chat:a\",\"dataBase64\":\"/wA=\"}}\n"
     );
     // `null` is a payload of its own, distinct from no payload.
-    assert_eq!(json_of(&publish("r", b"null")), "{\"id\":7,\"publish\":{\"room\":\"r\",\"data\":null}}\n");
-    assert_eq!(json_of(&publish("r", b"")), "{\"id\":7,\"publish\":{\"room\":\"r\"}}\n");
+    assert_eq!(
+        json_of(&publish("r", b"null")),
+        "{\"id\":7,\"publish\":{\"room\":\"r\",\"data\":null}}\n"
+    );
+    assert_eq!(
+        json_of(&publish("r", b"")),
+        "{\"id\":7,\"publish\":{\"room\":\"r\"}}\n"
+    );
     // Line breaks between tokens are removed: a frame is one line.
     assert_eq!(
         json_of(&publish("r", b"{\n  \"a\": [1,\r\n 2]\n}")),
@@ -93,10 +99,17 @@ fn json_payloads_are_json_values_and_binary_is_named_base64() {
 
 #[test]
 fn json_input_accepts_both_payload_forms_but_not_both_at_once() {
-    let f: ClientFrame = decode_one(br#"{"id":1,"publish":{"room":"r","data":[1, 2]}}"#, Encoding::Json).unwrap();
+    let f: ClientFrame = decode_one(
+        br#"{"id":1,"publish":{"room":"r","data":[1, 2]}}"#,
+        Encoding::Json,
+    )
+    .unwrap();
     assert_eq!(f, publish_id(1, "r", b"[1, 2]"));
-    let f: ClientFrame =
-        decode_one(br#"{"id":1,"publish":{"room":"r","dataBase64":"/wA"}}"#, Encoding::Json).unwrap();
+    let f: ClientFrame = decode_one(
+        br#"{"id":1,"publish":{"room":"r","dataBase64":"/wA"}}"#,
+        Encoding::Json,
+    )
+    .unwrap();
     assert_eq!(f, publish_id(1, "r", b"\xff\x00"));
     let err = decode_one::<ClientFrame>(
         br#"{"id":1,"publish":{"room":"r","data":1,"dataBase64":"AA=="}}"#,
@@ -107,7 +120,10 @@ fn json_input_accepts_both_payload_forms_but_not_both_at_once() {
 }
 
 fn publish_id(id: u32, room: &str, data: &'static [u8]) -> ClientFrame {
-    ClientFrame { id, ..publish(room, data) }
+    ClientFrame {
+        id,
+        ..publish(room, data)
+    }
 }
 
 #[test]
@@ -119,43 +135,60 @@ fn proto3_json_rules_hold_for_generated_and_hand_mapped_messages() {
         Encoding::Json,
     )
     .unwrap();
-    let Some(Body::Publication(p)) = f.body else { panic!("publication expected") };
+    let Some(Body::Publication(p)) = f.body else {
+        panic!("publication expected")
+    };
     assert_eq!((p.offset, p.time, p.tags.len()), (5, -3, 0));
-    let f: ClientFrame = decode_one(
-        br#"{"id":2,"presence_stats":{"room":"r"}}"#,
-        Encoding::Json,
-    )
-    .unwrap();
+    let f: ClientFrame =
+        decode_one(br#"{"id":2,"presence_stats":{"room":"r"}}"#, Encoding::Json).unwrap();
     assert!(matches!(f.command, Some(Command::PresenceStats(_))));
     // Two members of one oneof: invalid.
-    let err = decode_one::<ClientFrame>(br#"{"id":2,"ping":{},"pong":{}}"#, Encoding::Json).unwrap_err();
+    let err =
+        decode_one::<ClientFrame>(br#"{"id":2,"ping":{},"pong":{}}"#, Encoding::Json).unwrap_err();
     assert_eq!(err.kind(), "invalid_json");
     // Offsets are strings on output.
     let frame = ServerFrame {
         id: 0,
-        body: Some(Body::Publication(Publication { room: "r".into(), offset: 1 << 60, ..Default::default() })),
+        body: Some(Body::Publication(Publication {
+            room: "r".into(),
+            offset: 1 << 60,
+            ..Default::default()
+        })),
     };
-    assert_eq!(json_of(&frame), "{\"publication\":{\"room\":\"r\",\"offset\":\"1152921504606846976\"}}\n");
+    assert_eq!(
+        json_of(&frame),
+        "{\"publication\":{\"room\":\"r\",\"offset\":\"1152921504606846976\"}}\n"
+    );
 }
 
 #[test]
 fn batches_json_last_line_feed_optional_and_limits() {
-    let limits = DecodeLimits { max_frame_size: 64, max_frames_per_batch: 2 };
+    let limits = DecodeLimits {
+        max_frame_size: 64,
+        max_frames_per_batch: 2,
+    };
     let two = b"{\"id\":1,\"ping\":{}}\n{\"id\":2,\"ping\":{}}";
-    let frames: Vec<ClientFrame> =
-        codec::decode_batch(two, Encoding::Json, &limits).collect::<Result<_, _>>().unwrap();
+    let frames: Vec<ClientFrame> = codec::decode_batch(two, Encoding::Json, &limits)
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(frames.iter().map(|f| f.id).collect::<Vec<_>>(), [1, 2]);
 
     let three = b"{\"id\":1,\"ping\":{}}\n{\"id\":2,\"ping\":{}}\n{\"id\":3,\"ping\":{}}\n";
-    let results: Vec<_> = codec::decode_batch::<ClientFrame>(three, Encoding::Json, &limits).collect();
+    let results: Vec<_> =
+        codec::decode_batch::<ClientFrame>(three, Encoding::Json, &limits).collect();
     assert_eq!(results.len(), 3);
     assert_eq!(results[2].as_ref().unwrap_err().kind(), "too_many_frames");
 
     let empty_line = b"{\"id\":1,\"ping\":{}}\n\n";
-    let last = codec::decode_batch::<ClientFrame>(empty_line, Encoding::Json, &limits).last().unwrap();
+    let last = codec::decode_batch::<ClientFrame>(empty_line, Encoding::Json, &limits)
+        .last()
+        .unwrap();
     assert_eq!(last.unwrap_err().kind(), "empty_frame");
 
-    let long = format!("{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}", "x".repeat(64));
+    let long = format!(
+        "{{\"id\":1,\"connect\":{{\"token\":\"{}\"}}}}",
+        "x".repeat(64)
+    );
     let err = codec::decode_batch::<ClientFrame>(long.as_bytes(), Encoding::Json, &limits)
         .next()
         .unwrap()
@@ -171,59 +204,107 @@ fn batches_protobuf_truncation_and_declared_size() {
     for id in 1..=3 {
         codec::encode_into(&publish_id(id, "r", b"1"), Encoding::Protobuf, &mut buf);
     }
-    let frames: Vec<ClientFrame> =
-        codec::decode_batch(&buf, Encoding::Protobuf, &limits).collect::<Result<_, _>>().unwrap();
+    let frames: Vec<ClientFrame> = codec::decode_batch(&buf, Encoding::Protobuf, &limits)
+        .collect::<Result<_, _>>()
+        .unwrap();
     assert_eq!(frames.len(), 3);
 
     let cut = &buf[..buf.len() - 1];
-    let last = codec::decode_batch::<ClientFrame>(cut, Encoding::Protobuf, &limits).last().unwrap();
+    let last = codec::decode_batch::<ClientFrame>(cut, Encoding::Protobuf, &limits)
+        .last()
+        .unwrap();
     assert_eq!(last.unwrap_err().kind(), "truncated");
 
     // A length prefix declaring 1 GiB is rejected from the prefix alone.
     let huge = [0x80, 0x80, 0x80, 0x80, 0x04, 0x08];
     let err = codec::decode_frame::<ClientFrame>(&huge, Encoding::Protobuf, &limits).unwrap_err();
-    assert!(matches!(err, DecodeError::FrameTooLarge { size: 1073741824, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            DecodeError::FrameTooLarge {
+                size: 1073741824,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // Eleven continuation bytes are no varint.
-    let err = codec::decode_frame::<ClientFrame>(&[0xff; 11], Encoding::Protobuf, &limits).unwrap_err();
+    let err =
+        codec::decode_frame::<ClientFrame>(&[0xff; 11], Encoding::Protobuf, &limits).unwrap_err();
     assert_eq!(err.kind(), "bad_length");
     // An empty message is not a batch.
-    let err = codec::decode_batch::<ClientFrame>(b"", Encoding::Protobuf, &limits).next().unwrap().unwrap_err();
+    let err = codec::decode_batch::<ClientFrame>(b"", Encoding::Protobuf, &limits)
+        .next()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.kind(), "empty_frame");
 }
 
 #[test]
 fn too_deep_payloads_are_rejected_by_kind() {
-    let deep = format!("{{\"id\":1,\"publish\":{{\"room\":\"r\",\"data\":{}1{}}}}}", "[".repeat(33), "]".repeat(33));
+    let deep = format!(
+        "{{\"id\":1,\"publish\":{{\"room\":\"r\",\"data\":{}1{}}}}}",
+        "[".repeat(33),
+        "]".repeat(33)
+    );
     let err = decode_one::<ClientFrame>(deep.as_bytes(), Encoding::Json).unwrap_err();
     assert_eq!(err.kind(), "too_deep");
-    let ok = format!("{{\"id\":1,\"publish\":{{\"room\":\"r\",\"data\":{}1{}}}}}", "[".repeat(32), "]".repeat(32));
+    let ok = format!(
+        "{{\"id\":1,\"publish\":{{\"room\":\"r\",\"data\":{}1{}}}}}",
+        "[".repeat(32),
+        "]".repeat(32)
+    );
     decode_one::<ClientFrame>(ok.as_bytes(), Encoding::Json).unwrap();
     // The same too-deep bytes published over protobuf reach JSON clients as base64.
-    let bytes: &'static [u8] = Box::leak(format!("{}1{}", "[".repeat(33), "]".repeat(33)).into_bytes().into_boxed_slice());
+    let bytes: &'static [u8] = Box::leak(
+        format!("{}1{}", "[".repeat(33), "]".repeat(33))
+            .into_bytes()
+            .into_boxed_slice(),
+    );
     assert!(json_of(&publish("r", bytes)).contains("\"dataBase64\""));
     // Structure outside payloads is bounded too (unknown fields nest freely).
     let nested = format!("{{\"id\":1,\"x\":{}{}}}", "[".repeat(60), "]".repeat(60));
-    assert_eq!(decode_one::<ClientFrame>(nested.as_bytes(), Encoding::Json).unwrap_err().kind(), "too_deep");
+    assert_eq!(
+        decode_one::<ClientFrame>(nested.as_bytes(), Encoding::Json)
+            .unwrap_err()
+            .kind(),
+        "too_deep"
+    );
 }
 
 #[test]
 fn stream_decoder_rejects_oversized_frames_before_buffering_them() {
-    let limits = DecodeLimits { max_frame_size: 100, max_frames_per_batch: 100 };
+    let limits = DecodeLimits {
+        max_frame_size: 100,
+        max_frames_per_batch: 100,
+    };
     let mut json = StreamDecoder::new(Encoding::Json, limits);
     json.push(&[b' '; 101]);
-    assert_eq!(json.next_frame::<ClientFrame>().unwrap_err().kind(), "frame_too_large");
+    assert_eq!(
+        json.next_frame::<ClientFrame>().unwrap_err().kind(),
+        "frame_too_large"
+    );
     assert_eq!(json.buffered(), 0);
-    assert_eq!(json.next_frame::<ClientFrame>().unwrap_err().kind(), "failed");
+    assert_eq!(
+        json.next_frame::<ClientFrame>().unwrap_err().kind(),
+        "failed"
+    );
 
     let mut pb = StreamDecoder::new(Encoding::Protobuf, limits);
     pb.push(&[101]);
-    assert_eq!(pb.next_frame::<ClientFrame>().unwrap_err().kind(), "frame_too_large");
+    assert_eq!(
+        pb.next_frame::<ClientFrame>().unwrap_err().kind(),
+        "frame_too_large"
+    );
 }
 
 fn sub(id: u32, room: &str) -> ClientFrame {
     ClientFrame {
         id,
-        command: Some(Command::Subscribe(SubscribeRequest { room: room.into(), ..Default::default() })),
+        command: Some(Command::Subscribe(SubscribeRequest {
+            room: room.into(),
+            ..Default::default()
+        })),
     }
 }
 
@@ -248,7 +329,10 @@ fn stream_decoder_reassembles_frames_split_byte_by_byte() {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 512, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 512,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
@@ -376,15 +460,27 @@ fn hand_mapped_json_matches_the_schema() {
     for message in &client.message_type {
         let fields: Vec<&str> = message.field.iter().map(|f| f.name()).collect();
         let has_bytes = message.field.iter().any(|f| f.r#type() == Type::Bytes);
-        let hand = payload::HAND_MAPPED_FIELDS.iter().find(|(name, _)| *name == message.name());
+        let hand = payload::HAND_MAPPED_FIELDS
+            .iter()
+            .find(|(name, _)| *name == message.name());
         match hand {
             Some((name, handled)) => assert_eq!(&fields, handled, "{name}: hand mapping drifted"),
-            None => assert!(!has_bytes, "{}: bytes field without a payload mapping", message.name()),
+            None => assert!(
+                !has_bytes,
+                "{}: bytes field without a payload mapping",
+                message.name()
+            ),
         }
     }
     assert_eq!(
         payload::HAND_MAPPED_FIELDS.len(),
-        client.message_type.iter().filter(|m| payload::HAND_MAPPED_FIELDS.iter().any(|(n, _)| *n == m.name())).count()
+        client
+            .message_type
+            .iter()
+            .filter(|m| payload::HAND_MAPPED_FIELDS
+                .iter()
+                .any(|(n, _)| *n == m.name()))
+            .count()
     );
 }
 

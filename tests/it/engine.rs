@@ -19,11 +19,21 @@ fn node(configure: impl FnOnce(&mut switchboard::config::Config)) -> Arc<Node> {
 }
 
 fn open(node: &Arc<Node>) -> Session {
-    node.open(OpenParams { encoding: Encoding::Protobuf, url_token: None }).expect("open")
+    node.open(OpenParams {
+        encoding: Encoding::Protobuf,
+        url_token: None,
+    })
+    .expect("open")
 }
 
 async fn send(session: &mut Session, id: u32, command: Command) -> Result<(), Close> {
-    let bytes = codec::encode(&ClientFrame { id, command: Some(command) }, Encoding::Protobuf);
+    let bytes = codec::encode(
+        &ClientFrame {
+            id,
+            command: Some(command),
+        },
+        Encoding::Protobuf,
+    );
     session.handle_message(&bytes).await
 }
 
@@ -67,8 +77,13 @@ fn now() -> tokio::time::Instant {
 async fn a_silent_connection_is_closed_after_the_connect_timeout() {
     let node = node(|c| c.limits.connect_timeout = Duration::from_secs(3));
     let mut session = open(&node);
-    assert_eq!(run_until(&mut session, now() + Duration::from_secs(2)).await, None);
-    let close = run_until(&mut session, now() + Duration::from_secs(2)).await.expect("closed");
+    assert_eq!(
+        run_until(&mut session, now() + Duration::from_secs(2)).await,
+        None
+    );
+    let close = run_until(&mut session, now() + Duration::from_secs(2))
+        .await
+        .expect("closed");
     assert_eq!(close.code.0, 3005);
 }
 
@@ -80,18 +95,41 @@ async fn heartbeats_are_sent_and_a_missing_pong_closes_3004() {
     });
     let mut session = open(&node);
     let token = token_expiring("alice", &[], &[], None);
-    send(&mut session, 1, Command::Connect(ConnectRequest { token, ..Default::default() })).await.unwrap();
+    send(
+        &mut session,
+        1,
+        Command::Connect(ConnectRequest {
+            token,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
     drain(&session).await;
     // Answered heartbeats keep the connection alive for minutes.
     for _ in 0..10 {
-        assert_eq!(run_until(&mut session, now() + Duration::from_secs(25)).await, None);
+        assert_eq!(
+            run_until(&mut session, now() + Duration::from_secs(25)).await,
+            None
+        );
         let frames = drain(&session).await;
-        assert!(matches!(frames.as_slice(), [ServerFrame { id: 0, body: Some(Body::Heartbeat(_)) }]), "{frames:?}");
+        assert!(
+            matches!(
+                frames.as_slice(),
+                [ServerFrame {
+                    id: 0,
+                    body: Some(Body::Heartbeat(_))
+                }]
+            ),
+            "{frames:?}"
+        );
         send(&mut session, 0, Command::Pong(Pong {})).await.unwrap();
     }
     // An unanswered one closes it, pong_timeout after it was sent.
     run_until(&mut session, now() + Duration::from_secs(25)).await;
-    let close = run_until(&mut session, now() + Duration::from_secs(11)).await.expect("closed");
+    let close = run_until(&mut session, now() + Duration::from_secs(11))
+        .await
+        .expect("closed");
     assert_eq!(close.code.0, 3004);
 }
 
@@ -105,24 +143,67 @@ async fn an_unrefreshed_session_expires_and_a_refreshed_one_does_not() {
     let unix = || node.unix_time().as_secs();
     let mut session = open(&node);
     let token = token_expiring("alice", &[], &[], Some(unix() + ttl));
-    send(&mut session, 1, Command::Connect(ConnectRequest { token, ..Default::default() })).await.unwrap();
+    send(
+        &mut session,
+        1,
+        Command::Connect(ConnectRequest {
+            token,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap();
     let frames = drain(&session).await;
-    let Some(Body::Connect(result)) = &frames[0].body else { panic!("{frames:?}") };
+    let Some(Body::Connect(result)) = &frames[0].body else {
+        panic!("{frames:?}")
+    };
     assert_eq!(u64::from(result.expires_in_seconds), ttl);
 
     // Refresh before expiry: the session lives on past the first token.
-    assert_eq!(run_until(&mut session, now() + Duration::from_secs(50)).await, None);
+    assert_eq!(
+        run_until(&mut session, now() + Duration::from_secs(50)).await,
+        None
+    );
     let fresh = token_expiring("alice", &[], &[], Some(unix() + ttl));
-    send(&mut session, 2, Command::Refresh(RefreshRequest { token: fresh })).await.unwrap();
+    send(
+        &mut session,
+        2,
+        Command::Refresh(RefreshRequest { token: fresh }),
+    )
+    .await
+    .unwrap();
     let frames = drain(&session).await;
-    assert!(matches!(frames[0].body, Some(Body::Refresh(RefreshResult { expires_in_seconds: 60 }))), "{frames:?}");
-    assert_eq!(run_until(&mut session, now() + Duration::from_secs(60)).await, None);
+    assert!(
+        matches!(
+            frames[0].body,
+            Some(Body::Refresh(RefreshResult {
+                expires_in_seconds: 60
+            }))
+        ),
+        "{frames:?}"
+    );
+    assert_eq!(
+        run_until(&mut session, now() + Duration::from_secs(60)).await,
+        None
+    );
 
     // A token for someone else is refused; an expired one too.
     let other = token_expiring("mallory", &[], &[], Some(unix() + ttl));
-    send(&mut session, 3, Command::Refresh(RefreshRequest { token: other })).await.unwrap();
+    send(
+        &mut session,
+        3,
+        Command::Refresh(RefreshRequest { token: other }),
+    )
+    .await
+    .unwrap();
     let stale = token_expiring("alice", &[], &[], Some(unix() - 1));
-    send(&mut session, 4, Command::Refresh(RefreshRequest { token: stale })).await.unwrap();
+    send(
+        &mut session,
+        4,
+        Command::Refresh(RefreshRequest { token: stale }),
+    )
+    .await
+    .unwrap();
     let codes: Vec<u32> = drain(&session)
         .await
         .into_iter()
@@ -134,7 +215,9 @@ async fn an_unrefreshed_session_expires_and_a_refreshed_one_does_not() {
     assert_eq!(codes, [115, 109]);
 
     // No refresh: closed with "expired" after expiry + grace, not before.
-    let close = run_until(&mut session, now() + Duration::from_secs(10)).await.expect("expired");
+    let close = run_until(&mut session, now() + Duration::from_secs(10))
+        .await
+        .expect("expired");
     assert_eq!(close.code.0, 3002);
     assert!(close.code.reconnect());
 }

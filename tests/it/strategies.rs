@@ -6,9 +6,7 @@ use bytes::Bytes;
 use proptest::collection::{btree_map, vec};
 use proptest::option;
 use proptest::prelude::*;
-use switchboard::wire::v1::{
-    client_frame::Command, server_frame::Body, *,
-};
+use switchboard::wire::v1::{client_frame::Command, server_frame::Body, *};
 
 /// Short strings, any Unicode (room names are validated by the engine, not the codec).
 pub fn text() -> impl Strategy<Value = String> {
@@ -58,9 +56,22 @@ pub fn client_info() -> impl Strategy<Value = ClientInfo> {
 }
 
 pub fn publication() -> impl Strategy<Value = Publication> {
-    (text(), any::<u64>(), payload(), option::of(client_info()), tags(), any::<i64>()).prop_map(
-        |(room, offset, data, info, tags, time)| Publication { room, offset, data, info, tags, time },
+    (
+        text(),
+        any::<u64>(),
+        payload(),
+        option::of(client_info()),
+        tags(),
+        any::<i64>(),
     )
+        .prop_map(|(room, offset, data, info, tags, time)| Publication {
+            room,
+            offset,
+            data,
+            info,
+            tags,
+            time,
+        })
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -74,17 +85,30 @@ fn command() -> impl Strategy<Value = Command> {
                 codecs
             })
         ),
-        (text(), position(), text())
-            .prop_map(|(room, since, token)| Command::Subscribe(SubscribeRequest { room, since, token })),
+        (text(), position(), text()).prop_map(|(room, since, token)| Command::Subscribe(
+            SubscribeRequest { room, since, token }
+        )),
         text().prop_map(|room| Command::Unsubscribe(UnsubscribeRequest { room })),
         (text(), payload(), tags(), any::<bool>()).prop_map(|(room, data, tags, exclude_self)| {
-            Command::Publish(PublishRequest { room, data, tags, exclude_self })
+            Command::Publish(PublishRequest {
+                room,
+                data,
+                tags,
+                exclude_self,
+            })
         }),
         text().prop_map(|room| Command::Presence(PresenceRequest { room })),
         text().prop_map(|room| Command::PresenceStats(PresenceStatsRequest { room })),
-        (text(), any::<u32>(), position(), any::<bool>()).prop_map(|(room, limit, since, reverse)| {
-            Command::History(HistoryRequest { room, limit, since, reverse })
-        }),
+        (text(), any::<u32>(), position(), any::<bool>()).prop_map(
+            |(room, limit, since, reverse)| {
+                Command::History(HistoryRequest {
+                    room,
+                    limit,
+                    since,
+                    reverse,
+                })
+            }
+        ),
         text().prop_map(|token| Command::Refresh(RefreshRequest { token })),
         Just(Command::Ping(PingRequest {})),
         Just(Command::Pong(Pong {})),
@@ -97,11 +121,24 @@ pub fn client_frame() -> impl Strategy<Value = ClientFrame> {
 
 fn body() -> impl Strategy<Value = Body> {
     prop_oneof![
-        (any::<u32>(), text(), any::<bool>())
-            .prop_map(|(code, message, temporary)| Body::Error(Error { code, message, temporary })),
-        (text(), text(), text(), any::<u32>(), any::<u32>(), any::<u32>(), text()).prop_map(
-            |(client, user, version, expires_in_seconds, ping_interval_ms, pong_timeout_ms, codec)| {
-                Body::Connect(ConnectResult {
+        (any::<u32>(), text(), any::<bool>()).prop_map(|(code, message, temporary)| Body::Error(
+            Error {
+                code,
+                message,
+                temporary
+            }
+        )),
+        (
+            text(),
+            text(),
+            text(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            text()
+        )
+            .prop_map(
+                |(
                     client,
                     user,
                     version,
@@ -109,35 +146,79 @@ fn body() -> impl Strategy<Value = Body> {
                     ping_interval_ms,
                     pong_timeout_ms,
                     codec,
+                )| {
+                    Body::Connect(ConnectResult {
+                        client,
+                        user,
+                        version,
+                        expires_in_seconds,
+                        ping_interval_ms,
+                        pong_timeout_ms,
+                        codec,
+                    })
+                }
+            ),
+        (
+            text(),
+            any::<u64>(),
+            any::<bool>(),
+            any::<bool>(),
+            vec(publication(), 0..3)
+        )
+            .prop_map(|(epoch, offset, recoverable, recovered, publications)| {
+                Body::Subscribe(SubscribeResult {
+                    epoch,
+                    offset,
+                    recoverable,
+                    recovered,
+                    publications,
+                })
+            }),
+        Just(Body::Unsubscribe(UnsubscribeResult {})),
+        (any::<u64>(), text())
+            .prop_map(|(offset, epoch)| Body::Publish(PublishResult { offset, epoch })),
+        btree_map(text(), client_info(), 0..3)
+            .prop_map(|clients| Body::Presence(PresenceResult { clients })),
+        (any::<u32>(), any::<u32>()).prop_map(|(clients, users)| Body::PresenceStats(
+            PresenceStatsResult { clients, users }
+        )),
+        (vec(publication(), 0..3), text(), any::<u64>()).prop_map(
+            |(publications, epoch, offset)| {
+                Body::History(HistoryResult {
+                    publications,
+                    epoch,
+                    offset,
                 })
             }
         ),
-        (text(), any::<u64>(), any::<bool>(), any::<bool>(), vec(publication(), 0..3)).prop_map(
-            |(epoch, offset, recoverable, recovered, publications)| {
-                Body::Subscribe(SubscribeResult { epoch, offset, recoverable, recovered, publications })
-            }
-        ),
-        Just(Body::Unsubscribe(UnsubscribeResult {})),
-        (any::<u64>(), text()).prop_map(|(offset, epoch)| Body::Publish(PublishResult { offset, epoch })),
-        btree_map(text(), client_info(), 0..3)
-            .prop_map(|clients| Body::Presence(PresenceResult { clients })),
-        (any::<u32>(), any::<u32>())
-            .prop_map(|(clients, users)| Body::PresenceStats(PresenceStatsResult { clients, users })),
-        (vec(publication(), 0..3), text(), any::<u64>()).prop_map(|(publications, epoch, offset)| {
-            Body::History(HistoryResult { publications, epoch, offset })
-        }),
-        any::<u32>().prop_map(|expires_in_seconds| Body::Refresh(RefreshResult { expires_in_seconds })),
+        any::<u32>()
+            .prop_map(|expires_in_seconds| Body::Refresh(RefreshResult { expires_in_seconds })),
         Just(Body::Ping(PingResult {})),
         publication().prop_map(Body::Publication),
-        (text(), option::of(client_info())).prop_map(|(room, client)| Body::Join(Join { room, client })),
-        (text(), option::of(client_info())).prop_map(|(room, client)| Body::Leave(Leave { room, client })),
-        (text(), any::<u32>(), text())
-            .prop_map(|(room, code, reason)| Body::Unsubscribed(Unsubscribed { room, code, reason })),
-        (text(), text(), any::<u64>(), any::<bool>()).prop_map(|(room, epoch, offset, recoverable)| {
-            Body::Subscribed(Subscribed { room, epoch, offset, recoverable })
+        (text(), option::of(client_info()))
+            .prop_map(|(room, client)| Body::Join(Join { room, client })),
+        (text(), option::of(client_info()))
+            .prop_map(|(room, client)| Body::Leave(Leave { room, client })),
+        (text(), any::<u32>(), text()).prop_map(|(room, code, reason)| Body::Unsubscribed(
+            Unsubscribed { room, code, reason }
+        )),
+        (text(), text(), any::<u64>(), any::<bool>()).prop_map(
+            |(room, epoch, offset, recoverable)| {
+                Body::Subscribed(Subscribed {
+                    room,
+                    epoch,
+                    offset,
+                    recoverable,
+                })
+            }
+        ),
+        (any::<u32>(), text(), any::<bool>()).prop_map(|(code, reason, reconnect)| {
+            Body::Disconnect(Disconnect {
+                code,
+                reason,
+                reconnect,
+            })
         }),
-        (any::<u32>(), text(), any::<bool>())
-            .prop_map(|(code, reason, reconnect)| Body::Disconnect(Disconnect { code, reason, reconnect })),
         payload().prop_map(|data| Body::Message(Message { data })),
         Just(Body::Heartbeat(Heartbeat {})),
     ]

@@ -10,15 +10,18 @@ use switchboard::config::Config;
 use switchboard::server::Server;
 use switchboard::wire::v1::{client_frame::Command, server_frame::Body, *};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "test-secret";
 
 /// A config for tests: loopback on a free port, a known secret.
 pub fn config() -> Config {
-    let mut config = Config { listen: "127.0.0.1:0".parse().expect("address"), ..Config::default() };
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("address"),
+        ..Config::default()
+    };
     config.auth.hmac_secret = Some(SECRET.into());
     config
 }
@@ -40,7 +43,10 @@ pub fn token_expiring(user: &str, rooms: &[&str], publish: &[&str], exp: Option<
 }
 
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -62,7 +68,11 @@ pub struct Closed {
 }
 
 pub fn ws_url(server: &Server) -> String {
-    format!("ws://{}{}", server.addr(), server.node().config().websocket_path)
+    format!(
+        "ws://{}{}",
+        server.addr(),
+        server.node().config().websocket_path
+    )
 }
 
 impl Client {
@@ -73,21 +83,45 @@ impl Client {
 
     pub async fn open_url(url: &str, encoding: Encoding) -> Self {
         let mut request = url.into_client_request().expect("request");
-        request.headers_mut().insert("sec-websocket-protocol", encoding.subprotocol().parse().expect("header"));
-        let (socket, response) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            encoding.subprotocol().parse().expect("header"),
+        );
+        let (socket, response) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("upgrade");
         assert_eq!(
-            response.headers().get("sec-websocket-protocol").and_then(|v| v.to_str().ok()),
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
             Some(encoding.subprotocol())
         );
-        let limits = DecodeLimits { max_frame_size: 16 << 20, max_frames_per_batch: 100_000 };
-        Self { socket, encoding, pending: Default::default(), next_id: 0, limits }
+        let limits = DecodeLimits {
+            max_frame_size: 16 << 20,
+            max_frames_per_batch: 100_000,
+        };
+        Self {
+            socket,
+            encoding,
+            pending: Default::default(),
+            next_id: 0,
+            limits,
+        }
     }
 
     /// Opens and connects with a token; panics unless connected.
-    pub async fn connect(server: &Server, encoding: Encoding, token: &str) -> (Self, ConnectResult) {
+    pub async fn connect(
+        server: &Server,
+        encoding: Encoding,
+        token: &str,
+    ) -> (Self, ConnectResult) {
         let mut client = Self::open(server, encoding).await;
         let reply = client
-            .request(Command::Connect(ConnectRequest { token: token.into(), ..Default::default() }))
+            .request(Command::Connect(ConnectRequest {
+                token: token.into(),
+                ..Default::default()
+            }))
             .await;
         match reply.body {
             Some(Body::Connect(result)) => (client, result),
@@ -105,7 +139,9 @@ impl Client {
 
     pub async fn send_raw(&mut self, bytes: Bytes) {
         let message = match self.encoding {
-            Encoding::Json => Message::Text(String::from_utf8(bytes.to_vec()).expect("UTF-8").into()),
+            Encoding::Json => {
+                Message::Text(String::from_utf8(bytes.to_vec()).expect("UTF-8").into())
+            }
             Encoding::Protobuf => Message::Binary(bytes),
         };
         self.socket.send(message).await.expect("send");
@@ -115,7 +151,11 @@ impl Client {
     pub async fn send(&mut self, command: Command) -> u32 {
         self.next_id += 1;
         let id = self.next_id;
-        self.send_frames(&[ClientFrame { id, command: Some(command) }]).await;
+        self.send_frames(&[ClientFrame {
+            id,
+            command: Some(command),
+        }])
+        .await;
         id
     }
 
@@ -125,7 +165,10 @@ impl Client {
         let id = self.send(command).await;
         let mut skipped = Vec::new();
         loop {
-            let frame = self.recv_frame().await.unwrap_or_else(|closed| panic!("closed awaiting reply: {closed:?}"));
+            let frame = self
+                .recv_frame()
+                .await
+                .unwrap_or_else(|closed| panic!("closed awaiting reply: {closed:?}"));
             if frame.id == id {
                 for f in skipped.into_iter().rev() {
                     self.pending.push_front(f);
@@ -152,9 +195,16 @@ impl Client {
     /// The next push that is not a heartbeat (heartbeats are answered).
     pub async fn next_push(&mut self) -> ServerFrame {
         loop {
-            let frame = self.next().await.unwrap_or_else(|c| panic!("closed: {c:?}"));
+            let frame = self
+                .next()
+                .await
+                .unwrap_or_else(|c| panic!("closed: {c:?}"));
             if let Some(Body::Heartbeat(_)) = frame.body {
-                self.send_frames(&[ClientFrame { id: 0, command: Some(Command::Pong(Pong {})) }]).await;
+                self.send_frames(&[ClientFrame {
+                    id: 0,
+                    command: Some(Command::Pong(Pong {})),
+                }])
+                .await;
                 continue;
             }
             return frame;
@@ -173,14 +223,30 @@ impl Client {
                 Some(Ok(Message::Text(t))) => Bytes::from(t.as_str().to_owned()),
                 Some(Ok(Message::Binary(b))) => b,
                 Some(Ok(Message::Close(frame))) => {
-                    return Err(frame.map_or(Closed { code: 1005, reason: String::new() }, |f| Closed {
-                        code: u16::from(f.code),
-                        reason: f.reason.to_string(),
-                    }));
+                    return Err(frame.map_or(
+                        Closed {
+                            code: 1005,
+                            reason: String::new(),
+                        },
+                        |f| Closed {
+                            code: u16::from(f.code),
+                            reason: f.reason.to_string(),
+                        },
+                    ));
                 }
                 Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(Closed { code: 1006, reason: e.to_string() }),
-                None => return Err(Closed { code: 1006, reason: "eof".into() }),
+                Some(Err(e)) => {
+                    return Err(Closed {
+                        code: 1006,
+                        reason: e.to_string(),
+                    });
+                }
+                None => {
+                    return Err(Closed {
+                        code: 1006,
+                        reason: "eof".into(),
+                    });
+                }
             };
             for frame in codec::decode_batch::<ServerFrame>(&bytes, self.encoding, &self.limits) {
                 self.pending.push_back(frame.expect("server frames decode"));
@@ -194,16 +260,27 @@ impl Client {
         let mut disconnect = None;
         loop {
             match self.next().await {
-                Ok(ServerFrame { body: Some(Body::Disconnect(d)), .. }) => disconnect = Some(d),
+                Ok(ServerFrame {
+                    body: Some(Body::Disconnect(d)),
+                    ..
+                }) => disconnect = Some(d),
                 Ok(_) => {}
                 Err(closed) => return (closed, disconnect),
             }
         }
     }
 
-    pub async fn subscribe(&mut self, room: &str, since: Option<StreamPosition>) -> SubscribeResult {
+    pub async fn subscribe(
+        &mut self,
+        room: &str,
+        since: Option<StreamPosition>,
+    ) -> SubscribeResult {
         let reply = self
-            .request(Command::Subscribe(SubscribeRequest { room: room.into(), since, ..Default::default() }))
+            .request(Command::Subscribe(SubscribeRequest {
+                room: room.into(),
+                since,
+                ..Default::default()
+            }))
             .await;
         match reply.body {
             Some(Body::Subscribe(result)) => result,

@@ -12,7 +12,9 @@ use switchboard::codec::{self, DecodeError, DecodeLimits, Encoding, Frame, Strea
 use switchboard::wire::v1::{ClientFrame, ServerFrame};
 
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("spec/vectors").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("spec/vectors")
+        .join(name)
 }
 
 fn load(name: &str) -> Value {
@@ -30,7 +32,9 @@ fn save(name: &str, value: &Value) {
 }
 
 fn str_of<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
 }
 
 fn one<F: Frame>(bytes: &[u8], encoding: Encoding) -> Result<F, DecodeError> {
@@ -58,7 +62,11 @@ fn check_frame<F: Frame + PartialEq + std::fmt::Debug>(v: &Value) -> String {
         assert_eq!(from_pb, from_json, "{name}: the two framings disagree");
     }
     let again = codec::encode(&from_json, Encoding::Json);
-    assert_eq!(again.last(), Some(&b'\n'), "{name}: JSON frames end with LF");
+    assert_eq!(
+        again.last(),
+        Some(&b'\n'),
+        "{name}: JSON frames end with LF"
+    );
     let again: Value = serde_json::from_slice(&again).expect("JSON");
     let want: Value = serde_json::from_str(json).expect("vector JSON");
     assert_eq!(again, want, "{name}: JSON encoding differs");
@@ -104,7 +112,8 @@ fn batch_of<F: Frame + PartialEq + std::fmt::Debug>(v: &Value, frames: &Value) -
             .as_array()
             .and_then(|all| all.iter().find(|f| f["name"] == *wanted))
             .unwrap_or_else(|| panic!("{name}: no frame vector {wanted}"));
-        let frame: F = one(str_of(vector, "json").as_bytes(), Encoding::Json).expect("frame vector");
+        let frame: F =
+            one(str_of(vector, "json").as_bytes(), Encoding::Json).expect("frame vector");
         codec::encode_into(&frame, encoding, &mut message);
         expected.push(frame);
     }
