@@ -114,11 +114,15 @@ impl MemoryBroker {
     }
 
     /// Drops streams whose last publication is older than [`STREAM_META_TTL`]
-    /// and history entries past their TTL. Called periodically by the node.
-    pub fn sweep(&self, now: Instant) {
+    /// (unless `in_use` says the room has subscribers) and history entries
+    /// past their TTL. Called periodically by the node.
+    pub fn sweep(&self, now: Instant, in_use: &dyn Fn(&str) -> bool) {
         for shard in self.streams.iter() {
-            lock(shard).retain(|_, stream| {
+            lock(shard).retain(|room, stream| {
                 stream.trim(now, usize::MAX);
+                if in_use(room) {
+                    return true;
+                }
                 // A stream nobody published into was created by a read
                 // (subscribe, history); dropping it early costs at most a
                 // `recovered = false` for a client that saw nothing anyway.
@@ -344,8 +348,8 @@ impl Broker for MemoryBroker {
         ready(Ok(()))
     }
 
-    fn housekeeping(&self) {
-        self.sweep(Instant::now());
+    fn housekeeping(&self, in_use: &dyn Fn(&str) -> bool) {
+        self.sweep(Instant::now(), in_use);
     }
 }
 
@@ -498,7 +502,9 @@ mod tests {
             "offset 1 expired"
         );
         tokio::time::advance(STREAM_META_TTL).await;
-        broker.sweep(Instant::now());
+        broker.sweep(Instant::now(), &|room| room == "r");
+        assert_eq!(broker.streams(), 1, "a room with subscribers keeps its stream");
+        broker.sweep(Instant::now(), &|_| false);
         assert_eq!(broker.streams(), 0);
         let top = broker
             .publish("r", publication(2), KEEP3, None)

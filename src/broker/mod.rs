@@ -178,6 +178,10 @@ pub trait Broker: Send + Sync + 'static {
     fn health(&self) -> BoxFuture<'_, Result<(), BrokerError>>;
 
     /// Periodic chores (expiring local state), called every few seconds by
-    /// the node. Default: nothing.
-    fn housekeeping(&self) {}
+    /// the node. `in_use` says whether a room has subscribers on this node:
+    /// a broker must not drop the stream of such a room, or its epoch would
+    /// change under live subscribers. Default: nothing.
+    fn housekeeping(&self, in_use: &dyn Fn(&str) -> bool) {
+        let _ = in_use;
+    }
 }

@@ -44,19 +44,35 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
         .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
-/// The payload's JSON text as a JSON client sees it, or `None` when the bytes
-/// are not a JSON payload and travel as base64.
-pub fn as_json(payload: &[u8]) -> Option<Cow<'_, str>> {
+/// A payload that is JSON, as it is embedded in a JSON frame.
+enum JsonPayload<'a> {
+    /// The bytes as they are.
+    Borrowed(&'a RawValue),
+    /// The bytes with line breaks between tokens removed.
+    Owned(Box<RawValue>),
+}
+
+/// Parses a payload as JSON once: `None` when it travels as base64.
+fn json_payload(payload: &[u8]) -> Option<JsonPayload<'_>> {
     if payload.is_empty() || super::json::depth(payload) > PAYLOAD_MAX_DEPTH {
         return None;
     }
     let raw: &RawValue = serde_json::from_slice(payload).ok()?;
     let text = raw.get();
     if text.bytes().any(|b| b == b'\n' || b == b'\r') {
-        Some(Cow::Owned(without_line_breaks(text)))
+        RawValue::from_string(without_line_breaks(text)).ok().map(JsonPayload::Owned)
     } else {
-        Some(Cow::Borrowed(text))
+        Some(JsonPayload::Borrowed(raw))
     }
+}
+
+/// The payload's JSON text as a JSON client sees it, or `None` when the bytes
+/// are not a JSON payload and travel as base64.
+pub fn as_json(payload: &[u8]) -> Option<Cow<'_, str>> {
+    json_payload(payload).map(|p| match p {
+        JsonPayload::Borrowed(raw) => Cow::Borrowed(raw.get()),
+        JsonPayload::Owned(raw) => Cow::Owned(raw.get().to_owned()),
+    })
 }
 
 /// The bytes a JSON client would publish back for this payload: equal to the
@@ -83,16 +99,9 @@ fn serialize_payload<S: SerializeStruct>(
     if payload.is_empty() {
         return Ok(());
     }
-    match as_json(payload) {
-        Some(Cow::Borrowed(text)) => {
-            // `text` was produced by parsing it as a RawValue: it is valid.
-            let raw: &RawValue = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
-            out.serialize_field(json_name, raw)
-        }
-        Some(Cow::Owned(text)) => {
-            let raw = RawValue::from_string(text).map_err(serde::ser::Error::custom)?;
-            out.serialize_field(json_name, &raw)
-        }
+    match json_payload(payload) {
+        Some(JsonPayload::Borrowed(raw)) => out.serialize_field(json_name, raw),
+        Some(JsonPayload::Owned(raw)) => out.serialize_field(json_name, &raw),
         None => out.serialize_field(base64_name, &BASE64.encode(payload)),
     }
 }
@@ -143,7 +152,16 @@ fn serialize_int<S: SerializeStruct, T: fmt::Display>(
     name: &'static str,
     value: T,
 ) -> Result<(), S::Error> {
-    out.serialize_field(name, &value.to_string())
+    out.serialize_field(name, &AsString(value))
+}
+
+/// Serializes a number as a JSON string without an intermediate `String`.
+struct AsString<T>(T);
+
+impl<T: fmt::Display> Serialize for AsString<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0)
+    }
 }
 
 struct Int<T>(T);

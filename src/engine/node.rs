@@ -244,9 +244,11 @@ impl Node {
         }
     }
 
-    /// Periodic chores: the broker's expiry of local state.
+    /// Periodic chores: the broker's expiry of local state (never of rooms
+    /// with members here).
     pub fn housekeeping(&self) {
-        self.broker.housekeeping();
+        let hub = &self.hub;
+        self.broker.housekeeping(&|room| hub.members(room) > 0);
     }
 
     /// Whether a graceful shutdown has started.
