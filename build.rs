@@ -13,6 +13,9 @@ const HAND_MAPPED: &[&str] = &[
     ".switchboard.v1.PublishRequest",
     ".switchboard.v1.Publication",
     ".switchboard.v1.Message",
+    ".switchboard.api.v1.PublishRequest",
+    ".switchboard.api.v1.BroadcastRequest",
+    ".switchboard.api.v1.TicketRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -51,6 +51,8 @@ pub struct Config {
     /// `<namespace>:#<user>` on connect (a `subscribed` push). Default none:
     /// clients subscribe to personal rooms themselves.
     pub personal_namespace: Option<String>,
+    /// The server API for backends (spec/10-server-api.md).
+    pub api: ApiConfig,
     /// How long a graceful shutdown may take before remaining connections
     /// are dropped. Default 10 s.
     #[serde(with = "duration")]
@@ -73,6 +75,7 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
             strict_namespaces: false,
             personal_namespace: None,
+            api: ApiConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             shutdown_batch: 1000,
         }
@@ -103,6 +106,13 @@ impl Config {
                 self.listen
             )));
         }
+        if let Some(api) = self.api.listen {
+            if self.api.keys.is_empty() && self.auth.uses_development_secret() && !api.ip().is_loopback() {
+                return Err(ConfigError(format!(
+                    "refusing to serve the API on {api} with the public development key: set api.keys"
+                )));
+            }
+        }
         if !self.websocket_path.starts_with('/') {
             return Err(ConfigError("websocket_path must start with '/'".into()));
         }
@@ -132,6 +142,57 @@ impl Config {
             Some(options) => Some(options),
             None if self.strict_namespaces => None,
             None => Some(&self.default_room),
+        }
+    }
+}
+
+/// The public development API key, accepted only while the server uses the
+/// development secret (so only on loopback).
+pub const DEVELOPMENT_API_KEY: &str = "switchboard-development-api-key";
+
+/// The server API for backends.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// API keys; a request must carry one (`Authorization: apikey <key>` or
+    /// `X-API-Key: <key>`). Empty: the API is closed, except for the public
+    /// [`DEVELOPMENT_API_KEY`] while the development secret is in use.
+    pub keys: Vec<String>,
+    /// A separate address for the API (keep it off the public network).
+    /// Default: served on `listen` beside the client endpoint.
+    pub listen: Option<SocketAddr>,
+    /// How long a publish's idempotency key is remembered. Default 5 min:
+    /// longer than any sane retry loop.
+    #[serde(with = "duration")]
+    pub idempotency_window: Duration,
+    /// Default lifetime of a connection ticket. Default 60 s: time enough for
+    /// a page to load and connect, short enough to be useless when leaked.
+    #[serde(with = "duration")]
+    pub ticket_ttl: Duration,
+    /// Largest body of an API request, in bytes. Default 1 MiB.
+    pub max_body_size: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            listen: None,
+            idempotency_window: Duration::from_secs(300),
+            ticket_ttl: Duration::from_secs(60),
+            max_body_size: 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// The API keys in force: the configured ones, or the development key
+    /// while the development secret is in use.
+    pub fn api_keys(&self) -> Vec<&str> {
+        if self.api.keys.is_empty() && self.auth.uses_development_secret() {
+            vec![DEVELOPMENT_API_KEY]
+        } else {
+            self.api.keys.iter().map(String::as_str).collect()
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::{
     BoxFuture, Broker, BrokerError, BrokerHandler, HistoryPage, HistoryQuery, PresenceStats,
-    StreamOptions, StreamTop,
+    PublishOptions, StreamOptions, StreamTop, TicketError, TicketGrant,
 };
 use crate::wire::v1::{ClientInfo, Publication};
 
@@ -78,10 +78,27 @@ fn new_epoch() -> String {
 /// Who is in each room: room → client id → client.
 type PresenceShard = HashMap<String, BTreeMap<String, ClientInfo>>;
 
+/// Recent idempotency keys: `room \0 key` → (the first result, forget at).
+type RecentShard = HashMap<String, (StreamTop, Instant)>;
+
+/// A ticket's state, and when it expires.
+#[derive(Debug)]
+enum Ticket {
+    Unused(TicketGrant),
+    Used,
+}
+
+/// How long an expired ticket is remembered, so its error says "expired"
+/// rather than "unknown".
+const EXPIRED_TICKET_MEMORY: Duration = Duration::from_secs(3600);
+
 /// The in-memory broker.
 pub struct MemoryBroker {
     streams: Box<[Mutex<HashMap<String, Stream>>]>,
+    /// Same sharding as `streams`; locked only while that shard is held.
+    recent: Box<[Mutex<RecentShard>]>,
     presence: Box<[Mutex<PresenceShard>]>,
+    tickets: Mutex<HashMap<String, (Ticket, Instant)>>,
     hasher: RandomState,
     handler: OnceLock<Arc<dyn BrokerHandler>>,
 }
@@ -90,7 +107,9 @@ impl Default for MemoryBroker {
     fn default() -> Self {
         Self {
             streams: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            recent: (0..SHARDS).map(|_| Mutex::default()).collect(),
             presence: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            tickets: Mutex::default(),
             hasher: RandomState::new(),
             handler: OnceLock::new(),
         }
@@ -117,6 +136,10 @@ impl MemoryBroker {
     /// (unless `in_use` says the room has subscribers) and history entries
     /// past their TTL. Called periodically by the node.
     pub fn sweep(&self, now: Instant, in_use: &dyn Fn(&str) -> bool) {
+        for shard in self.recent.iter() {
+            lock(shard).retain(|_, (_, forget_at)| *forget_at > now);
+        }
+        lock(&self.tickets).retain(|_, (_, expires)| *expires + EXPIRED_TICKET_MEMORY > now);
         for shard in self.streams.iter() {
             lock(shard).retain(|room, stream| {
                 stream.trim(now, usize::MAX);
@@ -146,34 +169,44 @@ impl MemoryBroker {
         room: &str,
         mut publication: Publication,
         options: StreamOptions,
-        exclude: Option<&str>,
+        publish: PublishOptions<'_>,
     ) -> StreamTop {
         let now = Instant::now();
         let handler = self.handler.get();
-        if options.history_size == 0 {
-            // No stream: no offset, nothing kept, delivery still ordered by
-            // the shard lock.
-            let _guard = lock(&self.streams[self.shard(room)]);
-            if let Some(handler) = handler {
-                handler.handle_publication(room, &publication, exclude);
+        let index = self.shard(room);
+        // The stream shard's lock orders delivery and makes the idempotency
+        // check and the append one atomic step.
+        let mut shard = lock(&self.streams[index]);
+        let recent_key = publish.idempotency_key.map(|key| format!("{room}\0{key}"));
+        if let Some(key) = &recent_key {
+            if let Some((top, forget_at)) = lock(&self.recent[index]).get(key) {
+                if *forget_at > now {
+                    return top.clone();
+                }
             }
-            return StreamTop::default();
         }
-        let mut shard = lock(&self.streams[self.shard(room)]);
-        let stream = shard
-            .entry(room.to_owned())
-            .or_insert_with(|| Stream::new(now));
-        stream.offset += 1;
-        stream.last_publish = now;
-        publication.offset = stream.offset;
-        if let Some(handler) = handler {
-            handler.handle_publication(room, &publication, exclude);
+        let top = if options.history_size == 0 {
+            // No stream: no offset, nothing kept.
+            if let Some(handler) = handler {
+                handler.handle_publication(room, &publication, publish.exclude);
+            }
+            StreamTop::default()
+        } else {
+            let stream = shard.entry(room.to_owned()).or_insert_with(|| Stream::new(now));
+            stream.offset += 1;
+            stream.last_publish = now;
+            publication.offset = stream.offset;
+            if let Some(handler) = handler {
+                handler.handle_publication(room, &publication, publish.exclude);
+            }
+            stream.entries.push_back((publication, now + options.history_ttl));
+            stream.trim(now, options.history_size);
+            stream.top()
+        };
+        if let Some(key) = recent_key {
+            lock(&self.recent[index]).insert(key, (top.clone(), now + publish.idempotency_window));
         }
-        stream
-            .entries
-            .push_back((publication, now + options.history_ttl));
-        stream.trim(now, options.history_size);
-        stream.top()
+        top
     }
 
     fn history_now(
@@ -253,9 +286,43 @@ impl Broker for MemoryBroker {
         room: &'a str,
         publication: Publication,
         options: StreamOptions,
-        exclude: Option<&'a str>,
+        publish: PublishOptions<'a>,
     ) -> BoxFuture<'a, Result<StreamTop, BrokerError>> {
-        ready(Ok(self.publish_now(room, publication, options, exclude)))
+        ready(Ok(self.publish_now(room, publication, options, publish)))
+    }
+
+    fn remove_history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        lock(&self.streams[self.shard(room)]).remove(room);
+        ready(Ok(()))
+    }
+
+    fn store_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+        grant: TicketGrant,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        let expires = Instant::now() + ttl;
+        lock(&self.tickets).insert(ticket.to_owned(), (Ticket::Unused(grant), expires));
+        ready(Ok(()))
+    }
+
+    fn redeem_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+    ) -> BoxFuture<'a, Result<Result<TicketGrant, TicketError>, BrokerError>> {
+        let now = Instant::now();
+        let mut tickets = lock(&self.tickets);
+        let outcome = match tickets.get_mut(ticket) {
+            None => Err(TicketError::Unknown),
+            Some((_, expires)) if *expires <= now => Err(TicketError::Expired),
+            Some((Ticket::Used, _)) => Err(TicketError::Used),
+            Some((state, _)) => match std::mem::replace(state, Ticket::Used) {
+                Ticket::Unused(grant) => Ok(grant),
+                Ticket::Used => Err(TicketError::Used),
+            },
+        };
+        ready(Ok(outcome))
     }
 
     fn publish_join<'a>(
@@ -380,7 +447,7 @@ mod tests {
         let broker = MemoryBroker::new();
         for n in 1..=5 {
             let top = broker
-                .publish("r", publication(n), KEEP3, None)
+                .publish("r", publication(n), KEEP3, PublishOptions::default())
                 .await
                 .unwrap();
             assert_eq!(top.offset, u64::from(n));
@@ -457,7 +524,7 @@ mod tests {
     async fn ttl_expires_entries_and_meta_ttl_changes_the_epoch() {
         let broker = MemoryBroker::new();
         broker
-            .publish("r", publication(1), KEEP3, None)
+            .publish("r", publication(1), KEEP3, PublishOptions::default())
             .await
             .unwrap();
         let first = broker
@@ -507,11 +574,40 @@ mod tests {
         broker.sweep(Instant::now(), &|_| false);
         assert_eq!(broker.streams(), 0);
         let top = broker
-            .publish("r", publication(2), KEEP3, None)
+            .publish("r", publication(2), KEEP3, PublishOptions::default())
             .await
             .unwrap();
         assert_eq!(top.offset, 1);
         assert_ne!(top.epoch, first.top.epoch);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idempotent_publishes_store_once_within_the_window() {
+        let broker = MemoryBroker::new();
+        let once = PublishOptions {
+            idempotency_key: Some("k"),
+            idempotency_window: Duration::from_secs(10),
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            let top = broker.publish("r", publication(1), KEEP3, once).await.unwrap();
+            assert_eq!(top.offset, 1);
+        }
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(broker.publish("r", publication(1), KEEP3, once).await.unwrap().offset, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tickets_are_single_use_and_expire() {
+        let broker = MemoryBroker::new();
+        let grant = TicketGrant { user: "alice".into(), ..Default::default() };
+        broker.store_ticket("t1", grant.clone(), Duration::from_secs(60)).await.unwrap();
+        broker.store_ticket("t2", grant.clone(), Duration::from_secs(60)).await.unwrap();
+        assert_eq!(broker.redeem_ticket("t1").await.unwrap(), Ok(grant));
+        assert_eq!(broker.redeem_ticket("t1").await.unwrap(), Err(TicketError::Used));
+        assert_eq!(broker.redeem_ticket("nope").await.unwrap(), Err(TicketError::Unknown));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(broker.redeem_ticket("t2").await.unwrap(), Err(TicketError::Expired));
     }
 
     #[tokio::test]

@@ -85,6 +85,48 @@ pub struct PresenceStats {
     pub users: u32,
 }
 
+/// How one publication is published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PublishOptions<'a> {
+    /// The client id that asked not to receive its own publication.
+    pub exclude: Option<&'a str>,
+    /// Deduplicates retries: the same key in the same room within `window`
+    /// publishes once.
+    pub idempotency_key: Option<&'a str>,
+    /// How long an idempotency key is remembered.
+    pub idempotency_window: Duration,
+}
+
+/// What a connection ticket grants: the credentials a token would carry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TicketGrant {
+    /// User id.
+    pub user: String,
+    /// The `info` shown to others, as JSON text (or any bytes).
+    pub info: bytes::Bytes,
+    /// Room patterns the user may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Room patterns the user may publish into.
+    pub publish: Vec<String>,
+    /// When the session expires, Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// Why a ticket was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TicketError {
+    /// No such ticket (never issued, or forgotten long after expiry).
+    #[error("unknown ticket")]
+    Unknown,
+    /// The ticket was already used: tickets are single-use.
+    #[error("ticket already used")]
+    Used,
+    /// The ticket's lifetime is over.
+    #[error("ticket expired")]
+    Expired,
+}
+
 /// A broker operation that failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -117,14 +159,36 @@ pub trait Broker: Send + Sync + 'static {
     fn set_handler(&self, handler: Arc<dyn BrokerHandler>);
 
     /// Appends a publication to the room's stream (assigning its offset when
-    /// the room keeps history) and delivers it to every node.
+    /// the room keeps history) and delivers it to every node. With an
+    /// idempotency key seen in the same room within its window, nothing is
+    /// appended or delivered and the first publication's result is returned.
     fn publish<'a>(
         &'a self,
         room: &'a str,
         publication: Publication,
         options: StreamOptions,
-        exclude: Option<&'a str>,
+        publish: PublishOptions<'a>,
     ) -> BoxFuture<'a, Result<StreamTop, BrokerError>>;
+
+    /// Forgets a room's history: the next read or publication starts a new
+    /// epoch.
+    fn remove_history<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Stores a connection ticket for `ttl`.
+    fn store_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+        grant: TicketGrant,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Redeems a ticket: succeeds once per ticket, within its lifetime. A
+    /// used ticket stays known (as used) until it would have expired, so the
+    /// error can say which.
+    fn redeem_ticket<'a>(
+        &'a self,
+        ticket: &'a str,
+    ) -> BoxFuture<'a, Result<Result<TicketGrant, TicketError>, BrokerError>>;
 
     /// Tells every node that a connection joined a room.
     fn publish_join<'a>(

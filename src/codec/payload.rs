@@ -31,6 +31,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::value::RawValue;
 
 use super::PAYLOAD_MAX_DEPTH;
+use crate::wire::api;
 use crate::wire::v1::{ClientInfo, Message, Publication, PublishRequest};
 
 /// The start of the error a too-deep payload produces, so the decoder can
@@ -248,13 +249,16 @@ macro_rules! map_deserialize {
 /// Proto field names handled by the hand-written mapping of each message,
 /// checked against the schema by a test.
 pub const HAND_MAPPED_FIELDS: &[(&str, &[&str])] = &[
-    ("ClientInfo", &["user", "client", "info"]),
-    ("PublishRequest", &["room", "data", "tags", "exclude_self"]),
+    ("switchboard.v1.ClientInfo", &["user", "client", "info"]),
+    ("switchboard.v1.PublishRequest", &["room", "data", "tags", "exclude_self"]),
+    ("switchboard.v1.Publication", &["room", "offset", "data", "info", "tags", "time"]),
+    ("switchboard.v1.Message", &["data"]),
+    ("switchboard.api.v1.PublishRequest", &["room", "data", "tags", "idempotency_key"]),
+    ("switchboard.api.v1.BroadcastRequest", &["rooms", "data", "tags", "idempotency_key"]),
     (
-        "Publication",
-        &["room", "offset", "data", "info", "tags", "time"],
+        "switchboard.api.v1.TicketRequest",
+        &["user", "info", "subscribe", "publish", "ttl_seconds", "expire_at"],
     ),
-    ("Message", &["data"]),
 ];
 
 impl Serialize for ClientInfo {
@@ -448,5 +452,166 @@ map_deserialize!(Message, "switchboard.v1.Message", |map, key, seen, out| {
     }
     if data.0.is_some() {
         out.data = data.into_bytes();
+    }
+});
+
+impl Serialize for api::PublishRequest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("switchboard.api.v1.PublishRequest", 4)?;
+        if !self.room.is_empty() {
+            out.serialize_field("room", &self.room)?;
+        }
+        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
+        if !self.tags.is_empty() {
+            out.serialize_field("tags", &self.tags)?;
+        }
+        if !self.idempotency_key.is_empty() {
+            out.serialize_field("idempotencyKey", &self.idempotency_key)?;
+        }
+        out.end()
+    }
+}
+
+map_deserialize!(api::PublishRequest, "switchboard.api.v1.PublishRequest", |map, key, seen, out| {
+    let mut data = PayloadField::default();
+    match key.as_ref() {
+        "room" => {
+            once(&mut seen, "room")?;
+            out.room = value_or_default(&mut map)?;
+        }
+        "data" => {
+            once(&mut seen, "data")?;
+            data.json(&mut map, "data")?;
+        }
+        "dataBase64" | "data_base64" => {
+            once(&mut seen, "data")?;
+            data.base64(&mut map, "dataBase64")?;
+        }
+        "tags" => {
+            once(&mut seen, "tags")?;
+            out.tags = value_or_default::<_, BTreeMap<String, String>>(&mut map)?;
+        }
+        "idempotencyKey" | "idempotency_key" => {
+            once(&mut seen, "idempotencyKey")?;
+            out.idempotency_key = value_or_default(&mut map)?;
+        }
+        _ => {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    if data.0.is_some() {
+        out.data = data.into_bytes();
+    }
+});
+
+impl Serialize for api::BroadcastRequest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("switchboard.api.v1.BroadcastRequest", 4)?;
+        if !self.rooms.is_empty() {
+            out.serialize_field("rooms", &self.rooms)?;
+        }
+        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
+        if !self.tags.is_empty() {
+            out.serialize_field("tags", &self.tags)?;
+        }
+        if !self.idempotency_key.is_empty() {
+            out.serialize_field("idempotencyKey", &self.idempotency_key)?;
+        }
+        out.end()
+    }
+}
+
+map_deserialize!(api::BroadcastRequest, "switchboard.api.v1.BroadcastRequest", |map, key, seen, out| {
+    let mut data = PayloadField::default();
+    match key.as_ref() {
+        "rooms" => {
+            once(&mut seen, "rooms")?;
+            out.rooms = value_or_default(&mut map)?;
+        }
+        "data" => {
+            once(&mut seen, "data")?;
+            data.json(&mut map, "data")?;
+        }
+        "dataBase64" | "data_base64" => {
+            once(&mut seen, "data")?;
+            data.base64(&mut map, "dataBase64")?;
+        }
+        "tags" => {
+            once(&mut seen, "tags")?;
+            out.tags = value_or_default::<_, BTreeMap<String, String>>(&mut map)?;
+        }
+        "idempotencyKey" | "idempotency_key" => {
+            once(&mut seen, "idempotencyKey")?;
+            out.idempotency_key = value_or_default(&mut map)?;
+        }
+        _ => {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    if data.0.is_some() {
+        out.data = data.into_bytes();
+    }
+});
+
+impl Serialize for api::TicketRequest {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("switchboard.api.v1.TicketRequest", 6)?;
+        if !self.user.is_empty() {
+            out.serialize_field("user", &self.user)?;
+        }
+        serialize_payload(&mut out, "info", "infoBase64", &self.info)?;
+        if !self.subscribe.is_empty() {
+            out.serialize_field("subscribe", &self.subscribe)?;
+        }
+        if !self.publish.is_empty() {
+            out.serialize_field("publish", &self.publish)?;
+        }
+        if self.ttl_seconds != 0 {
+            out.serialize_field("ttlSeconds", &self.ttl_seconds)?;
+        }
+        if self.expire_at != 0 {
+            serialize_int(&mut out, "expireAt", self.expire_at)?;
+        }
+        out.end()
+    }
+}
+
+map_deserialize!(api::TicketRequest, "switchboard.api.v1.TicketRequest", |map, key, seen, out| {
+    let mut info = PayloadField::default();
+    match key.as_ref() {
+        "user" => {
+            once(&mut seen, "user")?;
+            out.user = value_or_default(&mut map)?;
+        }
+        "info" => {
+            once(&mut seen, "info")?;
+            info.json(&mut map, "info")?;
+        }
+        "infoBase64" | "info_base64" => {
+            once(&mut seen, "info")?;
+            info.base64(&mut map, "infoBase64")?;
+        }
+        "subscribe" => {
+            once(&mut seen, "subscribe")?;
+            out.subscribe = value_or_default(&mut map)?;
+        }
+        "publish" => {
+            once(&mut seen, "publish")?;
+            out.publish = value_or_default(&mut map)?;
+        }
+        "ttlSeconds" | "ttl_seconds" => {
+            once(&mut seen, "ttlSeconds")?;
+            out.ttl_seconds = map.next_value::<Int<u32>>()?.0;
+        }
+        "expireAt" | "expire_at" => {
+            once(&mut seen, "expireAt")?;
+            out.expire_at = map.next_value::<Int<i64>>()?.0;
+        }
+        _ => {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    if info.0.is_some() {
+        out.info = info.into_bytes();
     }
 });

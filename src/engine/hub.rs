@@ -232,6 +232,24 @@ impl Hub {
         self.room(room).map_or(0, |r| r.len())
     }
 
+    /// The ids of a room's local members (live and pending).
+    pub fn member_ids(&self, room: &str) -> Vec<ConnId> {
+        let Some(entry) = self.room(room) else { return Vec::new() };
+        let mut ids: Vec<ConnId> = read(&entry.members).keys().cloned().collect();
+        ids.extend(lock(&entry.pending).keys().cloned());
+        ids
+    }
+
+    /// Every room with local members, and how many.
+    pub fn room_list(&self) -> Vec<(String, u32)> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                read(shard).iter().map(|(name, room)| (name.to_string(), room.len() as u32)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     /// Number of rooms with at least one local member.
     pub fn rooms(&self) -> usize {
         self.shards.iter().map(|s| read(s).len()).sum()

@@ -10,10 +10,12 @@
 
 pub mod hub;
 mod node;
+mod operations;
 pub mod outbox;
 pub mod room;
 mod session;
 
 pub use node::{Node, NodeStats, OpenParams};
 pub use outbox::{Close, Outbox};
-pub use session::Session;
+pub use operations::{NodeInfo, OpError, MAX_BROADCAST_ROOMS, MAX_TICKET_TTL};
+pub use session::{Control, Session};

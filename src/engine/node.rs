@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::hub::{ConnId, Hub};
 use super::outbox::{Close, Outbox};
-use super::session::Session;
+use super::session::{Control, Session};
 use crate::auth::Verifier;
 use crate::broker::{Broker, BrokerHandler, StreamOptions};
 use crate::codec::Encoding;
@@ -40,9 +41,21 @@ pub struct NodeStats {
 
 #[derive(Default)]
 struct Registry {
-    connections: HashMap<ConnId, Arc<Outbox>>,
+    connections: HashMap<ConnId, Connection>,
     users: HashMap<String, HashSet<ConnId>>,
 }
+
+/// What the node holds of each connection: where to send frames and
+/// controls. The session owns everything else.
+#[derive(Clone)]
+struct Connection {
+    outbox: Arc<Outbox>,
+    control: mpsc::Sender<Control>,
+}
+
+/// Controls queued per connection before further ones are refused (the
+/// server API then reports fewer connections reached).
+const CONTROL_QUEUE: usize = 8;
 
 /// One Switchboard server process: everything sessions share.
 pub struct Node {
@@ -55,6 +68,8 @@ pub struct Node {
     /// Unix time and tokio time at start: Unix time is derived from tokio
     /// time, so tests that pause and advance tokio time move token expiry too.
     epoch: (Duration, Instant),
+    /// This node's id, unique per process.
+    id: String,
 }
 
 struct Delivery(Arc<Hub>);
@@ -115,6 +130,7 @@ impl Node {
             registry: Mutex::default(),
             shutting_down: AtomicBool::new(false),
             epoch: (unix, Instant::now()),
+            id: format!("node-{}", new_client_id()),
         }))
     }
 
@@ -168,6 +184,7 @@ impl Node {
             params.encoding,
         ));
         let id: ConnId = new_client_id().into();
+        let (control, controls) = mpsc::channel(CONTROL_QUEUE);
         {
             let mut registry = lock(&self.registry);
             if registry.connections.len() >= self.config.limits.max_connections {
@@ -177,10 +194,11 @@ impl Node {
                     "server at its connection limit",
                 ));
             }
-            registry.connections.insert(id.clone(), outbox.clone());
+            let connection = Connection { outbox: outbox.clone(), control };
+            registry.connections.insert(id.clone(), connection);
         }
         m::connection_opened(params.encoding);
-        Ok(Session::new(self.clone(), id, outbox, params))
+        Ok(Session::new(self.clone(), id, outbox, controls, params))
     }
 
     /// Records that a connection authenticated as `user`; fails when the
@@ -216,22 +234,59 @@ impl Node {
         }
     }
 
+    /// The connections of a user (or only `client`, when not empty).
+    fn user_connections(&self, user: &str, client: &str) -> Vec<Connection> {
+        let registry = lock(&self.registry);
+        registry
+            .users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|id| client.is_empty() || &***id == client)
+            .filter_map(|id| registry.connections.get(id).cloned())
+            .collect()
+    }
+
     /// Closes every connection of a user (server API, tests).
     pub fn disconnect_user(&self, user: &str, close: &Close) -> usize {
-        let outboxes: Vec<Arc<Outbox>> = {
-            let registry = lock(&self.registry);
-            registry
-                .users
-                .get(user)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| registry.connections.get(id).cloned())
-                .collect()
-        };
-        for outbox in &outboxes {
-            outbox.close(close.clone());
+        self.close_user(user, "", close) as usize
+    }
+
+    /// Closes a user's connections (or only `client`); returns how many.
+    pub(crate) fn close_user(&self, user: &str, client: &str, close: &Close) -> u32 {
+        let connections = self.user_connections(user, client);
+        for connection in &connections {
+            connection.outbox.close(close.clone());
         }
-        outboxes.len()
+        connections.len() as u32
+    }
+
+    /// Sends a control to a user's connections (or only `client`); returns
+    /// how many accepted it.
+    pub(crate) fn control_user(&self, user: &str, client: &str, control: &Control) -> u32 {
+        let connections = self.user_connections(user, client);
+        connections.iter().filter(|c| c.control.try_send(control.clone()).is_ok()).count() as u32
+    }
+
+    /// Sends a control to every local member of a room.
+    pub(crate) fn control_room(&self, room: &str, control: &Control) -> u32 {
+        let members = self.hub.member_ids(room);
+        let registry = lock(&self.registry);
+        members
+            .iter()
+            .filter_map(|id| registry.connections.get(id))
+            .filter(|c| c.control.try_send(control.clone()).is_ok())
+            .count() as u32
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Time since the node started.
+    pub fn uptime(&self) -> Duration {
+        self.epoch.1.elapsed()
     }
 
     /// Figures about this node.
@@ -263,7 +318,7 @@ impl Node {
         self.shutting_down.store(true, Ordering::Release);
         let deadline = Instant::now() + self.config.shutdown_timeout;
         let outboxes: Vec<Arc<Outbox>> =
-            lock(&self.registry).connections.values().cloned().collect();
+            lock(&self.registry).connections.values().map(|c| c.outbox.clone()).collect();
         let close = Close::new(CloseCode::SHUTDOWN, "server shutting down");
         for batch in outboxes.chunks(self.config.shutdown_batch.max(1)) {
             for outbox in batch {

@@ -13,22 +13,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::hub::ConnId;
 use super::node::{Node, OpenParams};
 use super::outbox::{Close, Outbox};
 use super::room::RoomName;
-use crate::auth::{AuthError, Credentials};
-use crate::broker::{BrokerError, HistoryQuery, StreamOptions};
+use crate::auth::{AuthError, Credentials, RoomPattern};
+use crate::broker::{BrokerError, HistoryQuery, PublishOptions, StreamOptions, TicketGrant};
 use crate::codec::{self, DecodeLimits};
-use crate::codes::{CloseCode, ErrorCode};
+use crate::codes::{CloseCode, ErrorCode, UnsubscribeCode};
 use crate::config::RoomOptions;
 use crate::metrics as m;
 use crate::wire::v1::{
     ClientFrame, ClientInfo, ConnectRequest, ConnectResult, Error, HistoryRequest, HistoryResult,
     PingResult, PresenceResult, PresenceStatsResult, Publication, PublishRequest, PublishResult,
-    RefreshRequest, RefreshResult, ServerFrame, SubscribeRequest, SubscribeResult, Subscribed,
+    RefreshRequest, RefreshResult, ServerFrame, SubscribeRequest, SubscribeResult, Subscribed, Unsubscribed,
     UnsubscribeResult, client_frame::Command, server_frame::Body,
 };
 
@@ -71,6 +72,19 @@ struct Subscription {
     options: RoomOptions,
 }
 
+/// A request from the node to a session (server API): the session applies
+/// it itself, so its state has one owner.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Control {
+    /// Subscribe to a room (server-side subscription: a `subscribed` push).
+    Subscribe(RoomName),
+    /// End a subscription (an `unsubscribed` push with the code and reason).
+    Unsubscribe(RoomName, UnsubscribeCode, &'static str),
+    /// Set when the session expires (Unix seconds; `None`: never).
+    Expire(Option<u64>),
+}
+
 /// The protocol state of one connection.
 pub struct Session {
     node: Arc<Node>,
@@ -82,6 +96,7 @@ pub struct Session {
     subscriptions: HashMap<RoomName, Subscription>,
     limiter: DefaultDirectRateLimiter,
     registered_user: Option<String>,
+    controls: mpsc::Receiver<Control>,
 }
 
 impl Session {
@@ -89,6 +104,7 @@ impl Session {
         node: Arc<Node>,
         id: ConnId,
         outbox: Arc<Outbox>,
+        controls: mpsc::Receiver<Control>,
         params: OpenParams,
     ) -> Self {
         let limits = &node.config.limits;
@@ -102,6 +118,7 @@ impl Session {
             subscriptions: HashMap::new(),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             registered_user: None,
+            controls,
             node,
             id,
             outbox,
@@ -116,6 +133,51 @@ impl Session {
     /// The queue the transport sends from.
     pub fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    /// The next control from the node. Cancel-safe: use it in `select!`.
+    pub async fn next_control(&mut self) -> Control {
+        match self.controls.recv().await {
+            Some(control) => control,
+            // The node holds the sender as long as the connection is
+            // registered; without it, no control will ever come.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Applies a control from the node.
+    pub async fn handle_control(&mut self, control: Control) {
+        if self.connected().is_none() {
+            return;
+        }
+        match control {
+            Control::Subscribe(room) => {
+                if !self.subscriptions.contains_key(&room) {
+                    self.subscribe_server_side(room).await;
+                }
+            }
+            Control::Unsubscribe(room, code, reason) => {
+                let Some(subscription) = self.subscriptions.remove(&room) else { return };
+                self.leave_room(&room, &subscription).await;
+                let push = ServerFrame {
+                    id: 0,
+                    body: Some(Body::Unsubscribed(Unsubscribed {
+                        room: room.to_string(),
+                        code: code.0,
+                        reason: reason.to_owned(),
+                    })),
+                };
+                let _ = self.outbox.push_frame(&push);
+            }
+            Control::Expire(expires_at) => {
+                let node = self.node.clone();
+                if let Phase::Connected(c) = &mut self.phase {
+                    c.expires = expires_at
+                        .map(|exp| node.instant_of_unix(exp) + node.config.auth.expiry_grace);
+                    c.credentials.expires_at = expires_at;
+                }
+            }
+        }
     }
 
     /// The next time [`Session::handle_deadline`] must run.
@@ -270,28 +332,25 @@ impl Session {
         let node = self.node.clone();
         let config = &node.config;
         let now_unix = node.unix_time().as_secs();
+        // A token in `connect` first, then a ticket, then a token on the URL.
         let token = if !req.token.is_empty() {
             Some(req.token.as_str())
-        } else {
+        } else if req.ticket.is_empty() {
             self.url_token.as_deref()
+        } else {
+            None
         };
-        let credentials = match (token, req.ticket.is_empty()) {
-            (Some(token), _) => node.verifier.verify(token, now_unix).map_err(|err| {
+        let credentials = match token {
+            Some(token) => node.verifier.verify(token, now_unix).map_err(|err| {
                 m::auth_failure(&err);
                 match err {
                     AuthError::Expired => Close::new(CloseCode::EXPIRED, "token expired"),
                     other => Close::new(CloseCode::INVALID_TOKEN, other.to_string()),
                 }
             })?,
-            (None, false) => {
-                m::rejected("ticket");
-                return Err(Close::new(
-                    CloseCode::INVALID_TICKET,
-                    "connection tickets are not enabled on this server",
-                ));
-            }
-            (None, true) if config.auth.allow_anonymous => Credentials::anonymous(),
-            (None, true) => {
+            None if !req.ticket.is_empty() => self.redeem(&req.ticket, now_unix).await?,
+            None if config.auth.allow_anonymous => Credentials::anonymous(),
+            None => {
                 m::rejected("no_token");
                 return Err(Close::new(
                     CloseCode::UNAUTHORIZED,
@@ -337,6 +396,28 @@ impl Session {
         Ok(Ok(Body::Connect(result)))
     }
 
+    /// Redeems a connection ticket into credentials.
+    async fn redeem(&self, ticket: &str, now_unix: u64) -> Result<Credentials, Close> {
+        let grant: TicketGrant = match self.node.broker.redeem_ticket(ticket).await {
+            Ok(Ok(grant)) => grant,
+            Ok(Err(err)) => {
+                m::rejected("ticket");
+                return Err(Close::new(CloseCode::INVALID_TICKET, format!("invalid ticket: {err}")));
+            }
+            Err(err) => return Err(Close::new(CloseCode::INTERNAL, err.to_string())),
+        };
+        if grant.expires_at.is_some_and(|exp| exp <= now_unix) {
+            return Err(Close::new(CloseCode::EXPIRED, "the ticket's session has expired"));
+        }
+        Ok(Credentials {
+            user: grant.user,
+            expires_at: grant.expires_at,
+            info: grant.info,
+            subscribe: grant.subscribe.into_iter().map(RoomPattern::new).collect(),
+            publish: grant.publish.into_iter().map(RoomPattern::new).collect(),
+        })
+    }
+
     /// Subscribes a freshly connected user to its personal room, when the
     /// server is configured to (a `subscribed` push after the connect reply).
     async fn subscribe_personal(&mut self) {
@@ -350,10 +431,21 @@ impl Session {
         let Ok(room) = RoomName::personal(namespace, &c.credentials.user) else {
             return;
         };
+        self.subscribe_server_side(room).await;
+    }
+
+    /// Subscribes the connection to a room on the server's initiative (no
+    /// permission check: the server decided), announced by a `subscribed`
+    /// push.
+    async fn subscribe_server_side(&mut self, room: RoomName) {
         let node = self.node.clone();
         let Some((options, stream)) = node.room_options(room.namespace()) else {
             return;
         };
+        if self.subscriptions.len() >= node.config.limits.max_rooms_per_connection {
+            tracing::warn!(client = %self.id, %room, "server-side subscription over the room limit");
+            return;
+        }
         let room_text = room.to_string();
         let result = self
             .join_room(room, options.clone(), stream, None, move |r| ServerFrame {
@@ -367,7 +459,7 @@ impl Session {
             })
             .await;
         if let Err(err) = result {
-            tracing::warn!(client = %self.id, error = %err.message, "personal room subscription failed");
+            tracing::warn!(client = %self.id, error = %err.message, "server-side subscription failed");
         }
     }
 
@@ -670,11 +762,14 @@ impl Session {
             tags: req.tags,
             time: i64::try_from(self.node.unix_time().as_millis()).unwrap_or(i64::MAX),
         };
-        let exclude = req.exclude_self.then_some(&*self.id);
+        let options = PublishOptions {
+            exclude: req.exclude_self.then_some(&*self.id),
+            ..PublishOptions::default()
+        };
         let top = self
             .node
             .broker
-            .publish(room.as_str(), publication, stream, exclude)
+            .publish(room.as_str(), publication, stream, options)
             .await
             .map_err(broker_error)?;
         m::published();

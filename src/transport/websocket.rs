@@ -191,6 +191,10 @@ async fn read_loop(
                 Some(Err(err)) => Err(transport_error(&err)),
             },
             () = tokio::time::sleep_until(deadline) => session.handle_deadline(),
+            control = session.next_control() => {
+                session.handle_control(control).await;
+                Ok(())
+            }
             _ = outbox.closed() => return,
         };
         if let Err(close) = outcome {

@@ -444,44 +444,30 @@ proptest! {
 }
 
 /// The hand-written JSON mapping (src/codec/payload.rs) covers exactly the
-/// schema's fields, and every `bytes` field in the client protocol is a
-/// payload with a hand-written mapping: a new bytes field cannot slip into
-/// the JSON framing as base64 unnoticed.
+/// schema's fields, and every `bytes` field in the schema (client protocol
+/// and server API) is a payload with a hand-written mapping: a new bytes
+/// field cannot slip into the JSON format as base64 unnoticed.
 #[test]
 fn hand_mapped_json_matches_the_schema() {
     use prost::Message as _;
     use prost_types::field_descriptor_proto::Type;
     let set = prost_types::FileDescriptorSet::decode(switchboard::wire::DESCRIPTORS).unwrap();
-    let client = set
-        .file
-        .iter()
-        .find(|f| f.package() == "switchboard.v1")
-        .expect("client.proto");
-    for message in &client.message_type {
-        let fields: Vec<&str> = message.field.iter().map(|f| f.name()).collect();
-        let has_bytes = message.field.iter().any(|f| f.r#type() == Type::Bytes);
-        let hand = payload::HAND_MAPPED_FIELDS
-            .iter()
-            .find(|(name, _)| *name == message.name());
-        match hand {
-            Some((name, handled)) => assert_eq!(&fields, handled, "{name}: hand mapping drifted"),
-            None => assert!(
-                !has_bytes,
-                "{}: bytes field without a payload mapping",
-                message.name()
-            ),
+    let mut checked = 0;
+    for file in &set.file {
+        for message in &file.message_type {
+            let name = format!("{}.{}", file.package(), message.name());
+            let fields: Vec<&str> = message.field.iter().map(|f| f.name()).collect();
+            let has_bytes = message.field.iter().any(|f| f.r#type() == Type::Bytes);
+            match payload::HAND_MAPPED_FIELDS.iter().find(|(n, _)| *n == name) {
+                Some((_, handled)) => {
+                    assert_eq!(&fields, handled, "{name}: hand mapping drifted");
+                    checked += 1;
+                }
+                None => assert!(!has_bytes, "{name}: bytes field without a payload mapping"),
+            }
         }
     }
-    assert_eq!(
-        payload::HAND_MAPPED_FIELDS.len(),
-        client
-            .message_type
-            .iter()
-            .filter(|m| payload::HAND_MAPPED_FIELDS
-                .iter()
-                .any(|(n, _)| *n == m.name()))
-            .count()
-    );
+    assert_eq!(checked, payload::HAND_MAPPED_FIELDS.len(), "every hand mapping names a message");
 }
 
 #[test]
