@@ -107,56 +107,29 @@ fn serialize_payload<S: SerializeStruct>(
     }
 }
 
-/// A payload read from a JSON frame: `data` (a JSON value) or `dataBase64`.
-#[derive(Default)]
-struct PayloadField(Option<Bytes>);
-
-impl PayloadField {
-    fn json<'de, A: MapAccess<'de>>(&mut self, map: &mut A, name: &str) -> Result<(), A::Error> {
-        let raw: Box<RawValue> = map.next_value()?;
-        if super::json::depth(raw.get().as_bytes()) > PAYLOAD_MAX_DEPTH {
-            return Err(de::Error::custom(format_args!(
-                "{TOO_DEEP_MARKER} {PAYLOAD_MAX_DEPTH} levels"
-            )));
-        }
-        let text: Box<str> = raw.into();
-        self.set(Bytes::from(text.into_boxed_bytes()), name)
+/// Reads a payload given as a JSON value (`data`).
+fn read_payload_json<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Bytes, A::Error> {
+    let raw: Box<RawValue> = map.next_value()?;
+    if super::json::depth(raw.get().as_bytes()) > PAYLOAD_MAX_DEPTH {
+        return Err(de::Error::custom(format_args!(
+            "{TOO_DEEP_MARKER} {PAYLOAD_MAX_DEPTH} levels"
+        )));
     }
+    let text: Box<str> = raw.into();
+    Ok(Bytes::from(text.into_boxed_bytes()))
+}
 
-    fn base64<'de, A: MapAccess<'de>>(&mut self, map: &mut A, name: &str) -> Result<(), A::Error> {
-        let text: Option<String> = map.next_value()?;
-        let bytes = BASE64
-            .decode(text.unwrap_or_default())
-            .map_err(|e| de::Error::custom(format_args!("{name}: invalid base64: {e}")))?;
-        self.set(Bytes::from(bytes), name)
-    }
-
-    fn set<E: de::Error>(&mut self, bytes: Bytes, name: &str) -> Result<(), E> {
-        if self.0.is_some() {
-            return Err(E::custom(format_args!(
-                "{name}: a payload is given twice (as a JSON value and as base64)"
-            )));
-        }
-        self.0 = Some(bytes);
-        Ok(())
-    }
-
-    fn into_bytes(self) -> Bytes {
-        self.0.unwrap_or_default()
-    }
+/// Reads a payload given as base64 (`dataBase64`).
+fn read_payload_base64<'de, A: MapAccess<'de>>(map: &mut A, name: &str) -> Result<Bytes, A::Error> {
+    let text: Option<String> = map.next_value()?;
+    BASE64
+        .decode(text.unwrap_or_default())
+        .map(Bytes::from)
+        .map_err(|e| de::Error::custom(format_args!("{name}: invalid base64: {e}")))
 }
 
 /// A uint64 or int64 field: proto3 JSON writes them as decimal strings and
 /// accepts strings or numbers.
-fn serialize_int<S: SerializeStruct, T: fmt::Display>(
-    out: &mut S,
-    name: &'static str,
-    value: T,
-) -> Result<(), S::Error> {
-    out.serialize_field(name, &AsString(value))
-}
-
-/// Serializes a number as a JSON string without an intermediate `String`.
 struct AsString<T>(T);
 
 impl<T: fmt::Display> Serialize for AsString<T> {
@@ -182,19 +155,13 @@ where
                 f.write_str("an integer, or a string holding one")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                T::try_from(v)
-                    .map(Int)
-                    .map_err(|_| E::custom("integer out of range"))
+                T::try_from(v).map(Int).map_err(|_| E::custom("integer out of range"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                T::try_from(v)
-                    .map(Int)
-                    .map_err(|_| E::custom("integer out of range"))
+                T::try_from(v).map(Int).map_err(|_| E::custom("integer out of range"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                v.parse()
-                    .map(Int)
-                    .map_err(|_| E::custom("invalid integer string"))
+                v.parse().map(Int).map_err(|_| E::custom("invalid integer string"))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Int(T::default()))
@@ -204,12 +171,58 @@ where
     }
 }
 
-/// Reads a non-payload field where `null` means the default (proto3 JSON).
-fn value_or_default<'de, A: MapAccess<'de>, T: Deserialize<'de> + Default>(
-    map: &mut A,
-) -> Result<T, A::Error> {
-    Ok(map.next_value::<Option<T>>()?.unwrap_or_default())
+/// A non-payload field of a hand-mapped message, as proto3 JSON writes and
+/// reads it: defaults are omitted, `null` reads as the default.
+trait JsonField: Sized {
+    /// Whether the field holds its default value (and is omitted).
+    fn is_default(&self) -> bool;
+    /// Writes the field under `name`.
+    fn write<S: SerializeStruct>(&self, out: &mut S, name: &'static str) -> Result<(), S::Error>;
+    /// Reads the field's value.
+    fn read<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Self, A::Error>;
 }
+
+/// Fields JSON writes as themselves.
+macro_rules! plain_json_field {
+    ($($ty:ty),*) => {$(
+        impl JsonField for $ty {
+            fn is_default(&self) -> bool {
+                *self == <$ty>::default()
+            }
+            fn write<S: SerializeStruct>(&self, out: &mut S, name: &'static str) -> Result<(), S::Error> {
+                out.serialize_field(name, self)
+            }
+            fn read<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Self, A::Error> {
+                Ok(map.next_value::<Option<Self>>()?.unwrap_or_default())
+            }
+        }
+    )*};
+}
+
+plain_json_field!(String, bool, Vec<String>, BTreeMap<String, String>, Option<ClientInfo>);
+
+/// Integers: 64-bit ones are written as strings; all accept either form.
+macro_rules! int_json_field {
+    ($($ty:ty => $as_string:literal),*) => {$(
+        impl JsonField for $ty {
+            fn is_default(&self) -> bool {
+                *self == 0
+            }
+            fn write<S: SerializeStruct>(&self, out: &mut S, name: &'static str) -> Result<(), S::Error> {
+                if $as_string {
+                    out.serialize_field(name, &AsString(*self))
+                } else {
+                    out.serialize_field(name, self)
+                }
+            }
+            fn read<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Self, A::Error> {
+                Ok(map.next_value::<Int<$ty>>()?.0)
+            }
+        }
+    )*};
+}
+
+int_json_field!(u32 => false, u64 => true, i64 => true);
 
 /// Rejects a field given twice.
 fn once<E: de::Error>(seen: &mut Vec<&'static str>, field: &'static str) -> Result<(), E> {
@@ -220,9 +233,23 @@ fn once<E: de::Error>(seen: &mut Vec<&'static str>, field: &'static str) -> Resu
     Ok(())
 }
 
-/// Implements `Deserialize` through a map visitor; `$body` handles one key.
-macro_rules! map_deserialize {
-    ($ty:ty, $name:literal, |$map:ident, $key:ident, $seen:ident, $out:ident| $body:block) => {
+/// The JSON mapping of a payload-carrying message: each field with its
+/// lowerCamelCase name (the proto name is the Rust field name and is
+/// accepted on input too); the one marked `payload` is a JSON value under
+/// its name or base64 under `<name>Base64`.
+macro_rules! json_mapping {
+    ($ty:ty, $name:literal, { $($field:ident: $($kind:ident)? $json:literal),* $(,)? }) => {
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                // serde_json writes `{}` at once for a length of 0: give the
+                // field count (an upper bound of what is written).
+                let fields = [$(stringify!($field)),*].len();
+                let mut out = serializer.serialize_struct($name, fields)?;
+                $( json_mapping!(@write $($kind)?; &self.$field, &mut out, $json); )*
+                out.end()
+            }
+        }
+
         impl<'de> Deserialize<'de> for $ty {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
                 struct V;
@@ -231,17 +258,53 @@ macro_rules! map_deserialize {
                     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                         f.write_str(concat!("a JSON object for ", $name))
                     }
-                    fn visit_map<A: MapAccess<'de>>(self, mut $map: A) -> Result<$ty, A::Error> {
-                        let mut $out = <$ty>::default();
-                        let mut $seen: Vec<&'static str> = Vec::new();
-                        while let Some($key) = $map.next_key::<Cow<'de, str>>()? {
-                            $body
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$ty, A::Error> {
+                        let mut out = <$ty>::default();
+                        let mut seen: Vec<&'static str> = Vec::new();
+                        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                            let key = key.as_ref();
+                            $(
+                                if json_mapping!(@read $($kind)?; key, map, seen, out.$field, $json, stringify!($field)) {
+                                    continue;
+                                }
+                            )*
+                            map.next_value::<IgnoredAny>()?;
                         }
-                        Ok($out)
+                        Ok(out)
                     }
                 }
                 deserializer.deserialize_map(V)
             }
+        }
+    };
+    (@write payload; $value:expr, $out:expr, $json:literal) => {
+        serialize_payload($out, $json, concat!($json, "Base64"), $value)?
+    };
+    (@write ; $value:expr, $out:expr, $json:literal) => {
+        if !JsonField::is_default($value) {
+            JsonField::write($value, $out, $json)?;
+        }
+    };
+    (@read payload; $key:ident, $map:ident, $seen:ident, $place:expr, $json:literal, $proto:expr) => {
+        if $key == $json || $key == $proto {
+            once(&mut $seen, $json)?;
+            $place = read_payload_json(&mut $map)?;
+            true
+        } else if $key == concat!($json, "Base64") || $key == concat!($proto, "_base64") {
+            once(&mut $seen, $json)?;
+            $place = read_payload_base64(&mut $map, concat!($json, "Base64"))?;
+            true
+        } else {
+            false
+        }
+    };
+    (@read ; $key:ident, $map:ident, $seen:ident, $place:expr, $json:literal, $proto:expr) => {
+        if $key == $json || $key == $proto {
+            once(&mut $seen, $json)?;
+            $place = JsonField::read(&mut $map)?;
+            true
+        } else {
+            false
         }
     };
 }
@@ -261,357 +324,51 @@ pub const HAND_MAPPED_FIELDS: &[(&str, &[&str])] = &[
     ),
 ];
 
-impl Serialize for ClientInfo {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.v1.ClientInfo", 3)?;
-        if !self.user.is_empty() {
-            out.serialize_field("user", &self.user)?;
-        }
-        if !self.client.is_empty() {
-            out.serialize_field("client", &self.client)?;
-        }
-        serialize_payload(&mut out, "info", "infoBase64", &self.info)?;
-        out.end()
-    }
-}
-
-map_deserialize!(
-    ClientInfo,
-    "switchboard.v1.ClientInfo",
-    |map, key, seen, out| {
-        let mut info = PayloadField::default();
-        match key.as_ref() {
-            "user" => {
-                once(&mut seen, "user")?;
-                out.user = value_or_default(&mut map)?;
-            }
-            "client" => {
-                once(&mut seen, "client")?;
-                out.client = value_or_default(&mut map)?;
-            }
-            "info" => {
-                once(&mut seen, "info")?;
-                info.json(&mut map, "info")?;
-            }
-            "infoBase64" | "info_base64" => {
-                once(&mut seen, "info")?;
-                info.base64(&mut map, "infoBase64")?;
-            }
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        if info.0.is_some() {
-            out.info = info.into_bytes();
-        }
-    }
-);
-
-impl Serialize for PublishRequest {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.v1.PublishRequest", 4)?;
-        if !self.room.is_empty() {
-            out.serialize_field("room", &self.room)?;
-        }
-        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
-        if !self.tags.is_empty() {
-            out.serialize_field("tags", &self.tags)?;
-        }
-        if self.exclude_self {
-            out.serialize_field("excludeSelf", &true)?;
-        }
-        out.end()
-    }
-}
-
-map_deserialize!(
-    PublishRequest,
-    "switchboard.v1.PublishRequest",
-    |map, key, seen, out| {
-        let mut data = PayloadField::default();
-        match key.as_ref() {
-            "room" => {
-                once(&mut seen, "room")?;
-                out.room = value_or_default(&mut map)?;
-            }
-            "data" => {
-                once(&mut seen, "data")?;
-                data.json(&mut map, "data")?;
-            }
-            "dataBase64" | "data_base64" => {
-                once(&mut seen, "data")?;
-                data.base64(&mut map, "dataBase64")?;
-            }
-            "tags" => {
-                once(&mut seen, "tags")?;
-                out.tags = value_or_default::<_, BTreeMap<String, String>>(&mut map)?;
-            }
-            "excludeSelf" | "exclude_self" => {
-                once(&mut seen, "excludeSelf")?;
-                out.exclude_self = value_or_default(&mut map)?;
-            }
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        if data.0.is_some() {
-            out.data = data.into_bytes();
-        }
-    }
-);
-
-impl Serialize for Publication {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.v1.Publication", 6)?;
-        if !self.room.is_empty() {
-            out.serialize_field("room", &self.room)?;
-        }
-        if self.offset != 0 {
-            serialize_int(&mut out, "offset", self.offset)?;
-        }
-        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
-        if let Some(info) = &self.info {
-            out.serialize_field("info", info)?;
-        }
-        if !self.tags.is_empty() {
-            out.serialize_field("tags", &self.tags)?;
-        }
-        if self.time != 0 {
-            serialize_int(&mut out, "time", self.time)?;
-        }
-        out.end()
-    }
-}
-
-map_deserialize!(
-    Publication,
-    "switchboard.v1.Publication",
-    |map, key, seen, out| {
-        let mut data = PayloadField::default();
-        match key.as_ref() {
-            "room" => {
-                once(&mut seen, "room")?;
-                out.room = value_or_default(&mut map)?;
-            }
-            "offset" => {
-                once(&mut seen, "offset")?;
-                out.offset = map.next_value::<Int<u64>>()?.0;
-            }
-            "data" => {
-                once(&mut seen, "data")?;
-                data.json(&mut map, "data")?;
-            }
-            "dataBase64" | "data_base64" => {
-                once(&mut seen, "data")?;
-                data.base64(&mut map, "dataBase64")?;
-            }
-            "info" => {
-                once(&mut seen, "info")?;
-                out.info = map.next_value()?;
-            }
-            "tags" => {
-                once(&mut seen, "tags")?;
-                out.tags = value_or_default::<_, BTreeMap<String, String>>(&mut map)?;
-            }
-            "time" => {
-                once(&mut seen, "time")?;
-                out.time = map.next_value::<Int<i64>>()?.0;
-            }
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        if data.0.is_some() {
-            out.data = data.into_bytes();
-        }
-    }
-);
-
-impl Serialize for Message {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.v1.Message", 1)?;
-        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
-        out.end()
-    }
-}
-
-map_deserialize!(Message, "switchboard.v1.Message", |map, key, seen, out| {
-    let mut data = PayloadField::default();
-    match key.as_ref() {
-        "data" => {
-            once(&mut seen, "data")?;
-            data.json(&mut map, "data")?;
-        }
-        "dataBase64" | "data_base64" => {
-            once(&mut seen, "data")?;
-            data.base64(&mut map, "dataBase64")?;
-        }
-        _ => {
-            map.next_value::<IgnoredAny>()?;
-        }
-    }
-    if data.0.is_some() {
-        out.data = data.into_bytes();
-    }
+json_mapping!(ClientInfo, "switchboard.v1.ClientInfo", {
+    user: "user",
+    client: "client",
+    info: payload "info",
 });
 
-impl Serialize for api::PublishRequest {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.api.v1.PublishRequest", 4)?;
-        if !self.room.is_empty() {
-            out.serialize_field("room", &self.room)?;
-        }
-        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
-        if !self.tags.is_empty() {
-            out.serialize_field("tags", &self.tags)?;
-        }
-        if !self.idempotency_key.is_empty() {
-            out.serialize_field("idempotencyKey", &self.idempotency_key)?;
-        }
-        out.end()
-    }
-}
-
-map_deserialize!(api::PublishRequest, "switchboard.api.v1.PublishRequest", |map, key, seen, out| {
-    let mut data = PayloadField::default();
-    match key.as_ref() {
-        "room" => {
-            once(&mut seen, "room")?;
-            out.room = value_or_default(&mut map)?;
-        }
-        "data" => {
-            once(&mut seen, "data")?;
-            data.json(&mut map, "data")?;
-        }
-        "dataBase64" | "data_base64" => {
-            once(&mut seen, "data")?;
-            data.base64(&mut map, "dataBase64")?;
-        }
-        "tags" => {
-            once(&mut seen, "tags")?;
-            out.tags = value_or_default::<_, BTreeMap<String, String>>(&mut map)?;
-        }
-        "idempotencyKey" | "idempotency_key" => {
-            once(&mut seen, "idempotencyKey")?;
-            out.idempotency_key = value_or_default(&mut map)?;
-        }
-        _ => {
-            map.next_value::<IgnoredAny>()?;
-        }
-    }
-    if data.0.is_some() {
-        out.data = data.into_bytes();
-    }
+json_mapping!(PublishRequest, "switchboard.v1.PublishRequest", {
+    room: "room",
+    data: payload "data",
+    tags: "tags",
+    exclude_self: "excludeSelf",
 });
 
-impl Serialize for api::BroadcastRequest {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.api.v1.BroadcastRequest", 4)?;
-        if !self.rooms.is_empty() {
-            out.serialize_field("rooms", &self.rooms)?;
-        }
-        serialize_payload(&mut out, "data", "dataBase64", &self.data)?;
-        if !self.tags.is_empty() {
-            out.serialize_field("tags", &self.tags)?;
-        }
-        if !self.idempotency_key.is_empty() {
-            out.serialize_field("idempotencyKey", &self.idempotency_key)?;
-        }
-        out.end()
-    }
-}
-
-map_deserialize!(api::BroadcastRequest, "switchboard.api.v1.BroadcastRequest", |map, key, seen, out| {
-    let mut data = PayloadField::default();
-    match key.as_ref() {
-        "rooms" => {
-            once(&mut seen, "rooms")?;
-            out.rooms = value_or_default(&mut map)?;
-        }
-        "data" => {
-            once(&mut seen, "data")?;
-            data.json(&mut map, "data")?;
-        }
-        "dataBase64" | "data_base64" => {
-            once(&mut seen, "data")?;
-            data.base64(&mut map, "dataBase64")?;
-        }
-        "tags" => {
-            once(&mut seen, "tags")?;
-            out.tags = value_or_default::<_, BTreeMap<String, String>>(&mut map)?;
-        }
-        "idempotencyKey" | "idempotency_key" => {
-            once(&mut seen, "idempotencyKey")?;
-            out.idempotency_key = value_or_default(&mut map)?;
-        }
-        _ => {
-            map.next_value::<IgnoredAny>()?;
-        }
-    }
-    if data.0.is_some() {
-        out.data = data.into_bytes();
-    }
+json_mapping!(Publication, "switchboard.v1.Publication", {
+    room: "room",
+    offset: "offset",
+    data: payload "data",
+    info: "info",
+    tags: "tags",
+    time: "time",
 });
 
-impl Serialize for api::TicketRequest {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut out = serializer.serialize_struct("switchboard.api.v1.TicketRequest", 6)?;
-        if !self.user.is_empty() {
-            out.serialize_field("user", &self.user)?;
-        }
-        serialize_payload(&mut out, "info", "infoBase64", &self.info)?;
-        if !self.subscribe.is_empty() {
-            out.serialize_field("subscribe", &self.subscribe)?;
-        }
-        if !self.publish.is_empty() {
-            out.serialize_field("publish", &self.publish)?;
-        }
-        if self.ttl_seconds != 0 {
-            out.serialize_field("ttlSeconds", &self.ttl_seconds)?;
-        }
-        if self.expire_at != 0 {
-            serialize_int(&mut out, "expireAt", self.expire_at)?;
-        }
-        out.end()
-    }
-}
+json_mapping!(Message, "switchboard.v1.Message", {
+    data: payload "data",
+});
 
-map_deserialize!(api::TicketRequest, "switchboard.api.v1.TicketRequest", |map, key, seen, out| {
-    let mut info = PayloadField::default();
-    match key.as_ref() {
-        "user" => {
-            once(&mut seen, "user")?;
-            out.user = value_or_default(&mut map)?;
-        }
-        "info" => {
-            once(&mut seen, "info")?;
-            info.json(&mut map, "info")?;
-        }
-        "infoBase64" | "info_base64" => {
-            once(&mut seen, "info")?;
-            info.base64(&mut map, "infoBase64")?;
-        }
-        "subscribe" => {
-            once(&mut seen, "subscribe")?;
-            out.subscribe = value_or_default(&mut map)?;
-        }
-        "publish" => {
-            once(&mut seen, "publish")?;
-            out.publish = value_or_default(&mut map)?;
-        }
-        "ttlSeconds" | "ttl_seconds" => {
-            once(&mut seen, "ttlSeconds")?;
-            out.ttl_seconds = map.next_value::<Int<u32>>()?.0;
-        }
-        "expireAt" | "expire_at" => {
-            once(&mut seen, "expireAt")?;
-            out.expire_at = map.next_value::<Int<i64>>()?.0;
-        }
-        _ => {
-            map.next_value::<IgnoredAny>()?;
-        }
-    }
-    if info.0.is_some() {
-        out.info = info.into_bytes();
-    }
+json_mapping!(api::PublishRequest, "switchboard.api.v1.PublishRequest", {
+    room: "room",
+    data: payload "data",
+    tags: "tags",
+    idempotency_key: "idempotencyKey",
+});
+
+json_mapping!(api::BroadcastRequest, "switchboard.api.v1.BroadcastRequest", {
+    rooms: "rooms",
+    data: payload "data",
+    tags: "tags",
+    idempotency_key: "idempotencyKey",
+});
+
+json_mapping!(api::TicketRequest, "switchboard.api.v1.TicketRequest", {
+    user: "user",
+    info: payload "info",
+    subscribe: "subscribe",
+    publish: "publish",
+    ttl_seconds: "ttlSeconds",
+    expire_at: "expireAt",
 });
