@@ -107,7 +107,10 @@ impl Config {
             )));
         }
         if let Some(api) = self.api.listen {
-            if self.api.keys.is_empty() && self.auth.uses_development_secret() && !api.ip().is_loopback() {
+            if self.api.keys.is_empty()
+                && self.auth.uses_development_secret()
+                && !api.ip().is_loopback()
+            {
                 return Err(ConfigError(format!(
                     "refusing to serve the API on {api} with the public development key: set api.keys"
                 )));

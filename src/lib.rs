@@ -25,7 +25,8 @@
 //! - [`broker`]: the [`broker::Broker`] seam (streams, history, presence; its
 //!   contract is on the trait) and the embedded in-memory broker.
 //! - [`transport`]: sockets to the engine and back (WebSocket now).
-//! - [`api`]: `/health` and `/metrics`.
+//! - [`api`]: the server API for backends (`POST /api/v1/<method>`, its
+//!   OpenAPI document), `/health` and `/metrics`.
 //! - [`server`]: a running server: router, listener, housekeeping, graceful
 //!   shutdown. [`metrics`] names every metric once.
 //!

@@ -30,6 +30,12 @@ enum Command {
     Sub(SubArgs),
     /// Publish one payload into a room as a client.
     Pub(PubArgs),
+    /// Publish one payload into a room through the server API (as the
+    /// server, over HTTP) and print the result as JSON.
+    Publish(ApiPublishArgs),
+    /// Call a server API method with a JSON request and print the JSON reply
+    /// (non-2xx: the error on stderr, exit status 1).
+    Api(ApiCallArgs),
 }
 
 #[derive(Args)]
@@ -142,6 +148,62 @@ struct PubArgs {
     data: String,
 }
 
+#[derive(Args)]
+struct ApiTargetArgs {
+    /// Base URL of the server API (http:// only; the API's own address when
+    /// the server sets api.listen).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_API_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    api_url: String,
+    /// API key (default: the public development key, which only a
+    /// development server accepts).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_API_KEY",
+        default_value = switchboard::config::DEVELOPMENT_API_KEY,
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    api_key: String,
+}
+
+impl ApiTargetArgs {
+    fn target(&self) -> switchboard::api::http::client::Target {
+        switchboard::api::http::client::Target {
+            url: self.api_url.clone(),
+            key: self.api_key.clone(),
+        }
+    }
+}
+
+#[derive(Args)]
+struct ApiPublishArgs {
+    #[command(flatten)]
+    target: ApiTargetArgs,
+    /// The room.
+    room: String,
+    /// The payload, usually JSON text (sent as given).
+    data: String,
+    /// Publish once even if retried with the same key within the server's
+    /// idempotency window.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Args)]
+struct ApiCallArgs {
+    #[command(flatten)]
+    target: ApiTargetArgs,
+    /// The method, e.g. publish, presence, history, disconnect, batch.
+    method: String,
+    /// The request as JSON (proto3 JSON mapping; spec/10-server-api.md).
+    #[arg(default_value = "{}")]
+    json: String,
+}
+
 fn run_client(future: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
@@ -162,6 +224,23 @@ fn main() -> ExitCode {
             args.room,
             args.data.into_bytes().into(),
         )),
+        Command::Publish(args) => run_client(async move {
+            switchboard::api::http::client::run_publish(
+                &args.target.target(),
+                args.room,
+                args.data.into_bytes(),
+                args.idempotency_key,
+            )
+            .await
+        }),
+        Command::Api(args) => run_client(async move {
+            switchboard::api::http::client::run_call(
+                &args.target.target(),
+                &args.method,
+                &args.json,
+            )
+            .await
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -230,7 +309,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         println!("  WebSocket  ws://{addr}{path}  (subprotocols: {})", Encoding::SUBPROTOCOLS.join(", "));
         println!("  health     http://{addr}/health");
         println!("  metrics    http://{addr}/metrics");
+        println!("  API        http://{}/api/v1/<method>  (OpenAPI: /api/v1/openapi.json)", server.api_addr());
         if dev_secret {
+            println!(
+                "  API key    {} (development only; set api.keys)",
+                switchboard::config::DEVELOPMENT_API_KEY
+            );
             println!(
                 "WARNING: tokens are checked against the public development secret; set SWITCHBOARD_SECRET \
                  (or auth.hmac_secret) before exposing this server.\n  A token for testing: \

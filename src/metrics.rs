@@ -74,6 +74,15 @@ pub fn describe() {
         Unit::Seconds,
         "Time to handle a command, by kind."
     );
+    describe_counter!(
+        "switchboard_api_calls_total",
+        "Server API requests, by method and HTTP status."
+    );
+    describe_histogram!(
+        "switchboard_api_call_seconds",
+        Unit::Seconds,
+        "Time to answer a server API request, by method."
+    );
 }
 
 pub(crate) fn connection_opened(encoding: Encoding) {
@@ -146,4 +155,13 @@ pub(crate) fn fanout(fanout: &Fanout) {
 
 pub(crate) fn rooms(n: usize) {
     gauge!("switchboard_rooms").set(n as f64);
+}
+
+/// A server API request was answered. `method` is one of the API's method
+/// names, or `unknown` (never the raw path: a caller must not be able to
+/// create label values at will).
+pub(crate) fn api_call(method: &'static str, status: u16, took: Duration) {
+    counter!("switchboard_api_calls_total", "method" => method, "status" => status.to_string())
+        .increment(1);
+    histogram!("switchboard_api_call_seconds", "method" => method).record(took.as_secs_f64());
 }

@@ -1,6 +1,10 @@
-//! Running a node: the HTTP router, the listener, housekeeping and graceful
-//! shutdown. `switchboard serve` and the integration tests both start
-//! servers through [`Server`].
+//! Running a node: the HTTP routers, the listeners, housekeeping and
+//! graceful shutdown. `switchboard serve` and the integration tests both
+//! start servers through [`Server`].
+//!
+//! The server API (`/api/v1/...`, spec/10-server-api.md) is served beside
+//! the client endpoint, or, when `api.listen` is set, on its own listener
+//! only, so that it can be kept off the public network.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,8 +23,10 @@ use crate::engine::Node;
 pub struct Server {
     node: Arc<Node>,
     addr: SocketAddr,
+    api_addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    api_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Why a server could not start.
@@ -40,14 +46,45 @@ pub enum StartError {
     },
 }
 
-/// The router of the public endpoint.
+/// The router of the public endpoint: the WebSocket endpoint, `/health`,
+/// `/metrics`, and the server API unless it has its own listener
+/// (`api.listen`).
 pub fn router(node: Arc<Node>) -> Router {
     let path = node.config().websocket_path.clone();
-    Router::new()
+    let separate_api = node.config().api.listen.is_some();
+    let router = Router::new()
         .route(&path, get(crate::transport::websocket::upgrade))
         .route("/health", get(crate::api::health))
         .route("/metrics", get(crate::api::metrics))
-        .with_state(node)
+        .with_state(node.clone());
+    if separate_api {
+        router
+    } else {
+        router.merge(crate::api::http::router(node))
+    }
+}
+
+/// Serves a router on a listener until `stopped` turns true.
+async fn serve(listener: TcpListener, app: Router, mut stopped: watch::Receiver<bool>) {
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    if let Err(err) = served {
+        tracing::error!(%err, "server failed");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    Ok((listener, local))
 }
 
 impl Server {
@@ -60,39 +97,46 @@ impl Server {
     /// Starts serving a node.
     pub async fn start_node(node: Arc<Node>) -> Result<Self, StartError> {
         let _ = crate::api::prometheus();
-        let addr = node.config().listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartError::Bind { addr, source })?;
-        let (stop, mut stopped) = watch::channel(false);
+        let (listener, addr) = bind(node.config().listen).await?;
+        let api_listener = match node.config().api.listen {
+            Some(api) => Some(bind(api).await?),
+            None => None,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let (api_addr, api_task) = match api_listener {
+            Some((api_listener, api_addr)) => {
+                let app = crate::api::http::router(node.clone());
+                let task = tokio::spawn(serve(api_listener, app, stopped.clone()));
+                (api_addr, Some(task))
+            }
+            None => (addr, None),
+        };
         let app = router(node.clone());
         let housekeeping = tokio::spawn(housekeeping(node.clone()));
+        let served = serve(listener, app, stopped);
         let task = tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await;
-            if let Err(err) = served {
-                tracing::error!(%err, "server failed");
-            }
+            served.await;
             housekeeping.abort();
         });
         Ok(Self {
             node,
             addr,
+            api_addr,
             stop,
             task,
+            api_task,
         })
     }
 
     /// The address the server listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the server API: its own listener when `api.listen`
+    /// is set, else the same as [`Server::addr`].
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
     }
 
     /// The node.
@@ -107,6 +151,9 @@ impl Server {
         let _ = self.stop.send(true);
         let left = self.node.shutdown().await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
+        if let Some(api_task) = self.api_task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;
+        }
         left
     }
 }

@@ -2,9 +2,11 @@
 
 mod it {
     pub mod alloc;
+    pub mod api;
     pub mod client;
     pub mod codec;
     pub mod engine;
+    pub mod openapi;
     pub mod server;
     pub mod strategies;
     pub mod support;

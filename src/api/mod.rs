@@ -1,5 +1,9 @@
-//! HTTP endpoints beside the client transports: `/health` and `/metrics`
-//! (the server API for backends arrives with its own issue).
+//! HTTP endpoints beside the client transports: `/health`, `/metrics`, and
+//! the server API for backends ([`http`], spec/10-server-api.md) with its
+//! OpenAPI document ([`openapi`]).
+
+pub mod http;
+pub mod openapi;
 
 use std::sync::{Arc, OnceLock};
 

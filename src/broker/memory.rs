@@ -192,14 +192,18 @@ impl MemoryBroker {
             }
             StreamTop::default()
         } else {
-            let stream = shard.entry(room.to_owned()).or_insert_with(|| Stream::new(now));
+            let stream = shard
+                .entry(room.to_owned())
+                .or_insert_with(|| Stream::new(now));
             stream.offset += 1;
             stream.last_publish = now;
             publication.offset = stream.offset;
             if let Some(handler) = handler {
                 handler.handle_publication(room, &publication, publish.exclude);
             }
-            stream.entries.push_back((publication, now + options.history_ttl));
+            stream
+                .entries
+                .push_back((publication, now + options.history_ttl));
             stream.trim(now, options.history_size);
             stream.top()
         };
@@ -570,7 +574,11 @@ mod tests {
         );
         tokio::time::advance(STREAM_META_TTL).await;
         broker.sweep(Instant::now(), &|room| room == "r");
-        assert_eq!(broker.streams(), 1, "a room with subscribers keeps its stream");
+        assert_eq!(
+            broker.streams(),
+            1,
+            "a room with subscribers keeps its stream"
+        );
         broker.sweep(Instant::now(), &|_| false);
         assert_eq!(broker.streams(), 0);
         let top = broker
@@ -590,24 +598,52 @@ mod tests {
             ..Default::default()
         };
         for _ in 0..3 {
-            let top = broker.publish("r", publication(1), KEEP3, once).await.unwrap();
+            let top = broker
+                .publish("r", publication(1), KEEP3, once)
+                .await
+                .unwrap();
             assert_eq!(top.offset, 1);
         }
         tokio::time::advance(Duration::from_secs(11)).await;
-        assert_eq!(broker.publish("r", publication(1), KEEP3, once).await.unwrap().offset, 2);
+        assert_eq!(
+            broker
+                .publish("r", publication(1), KEEP3, once)
+                .await
+                .unwrap()
+                .offset,
+            2
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn tickets_are_single_use_and_expire() {
         let broker = MemoryBroker::new();
-        let grant = TicketGrant { user: "alice".into(), ..Default::default() };
-        broker.store_ticket("t1", grant.clone(), Duration::from_secs(60)).await.unwrap();
-        broker.store_ticket("t2", grant.clone(), Duration::from_secs(60)).await.unwrap();
+        let grant = TicketGrant {
+            user: "alice".into(),
+            ..Default::default()
+        };
+        broker
+            .store_ticket("t1", grant.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        broker
+            .store_ticket("t2", grant.clone(), Duration::from_secs(60))
+            .await
+            .unwrap();
         assert_eq!(broker.redeem_ticket("t1").await.unwrap(), Ok(grant));
-        assert_eq!(broker.redeem_ticket("t1").await.unwrap(), Err(TicketError::Used));
-        assert_eq!(broker.redeem_ticket("nope").await.unwrap(), Err(TicketError::Unknown));
+        assert_eq!(
+            broker.redeem_ticket("t1").await.unwrap(),
+            Err(TicketError::Used)
+        );
+        assert_eq!(
+            broker.redeem_ticket("nope").await.unwrap(),
+            Err(TicketError::Unknown)
+        );
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert_eq!(broker.redeem_ticket("t2").await.unwrap(), Err(TicketError::Expired));
+        assert_eq!(
+            broker.redeem_ticket("t2").await.unwrap(),
+            Err(TicketError::Expired)
+        );
     }
 
     #[tokio::test]

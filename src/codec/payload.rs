@@ -61,7 +61,9 @@ fn json_payload(payload: &[u8]) -> Option<JsonPayload<'_>> {
     let raw: &RawValue = serde_json::from_slice(payload).ok()?;
     let text = raw.get();
     if text.bytes().any(|b| b == b'\n' || b == b'\r') {
-        RawValue::from_string(without_line_breaks(text)).ok().map(JsonPayload::Owned)
+        RawValue::from_string(without_line_breaks(text))
+            .ok()
+            .map(JsonPayload::Owned)
     } else {
         Some(JsonPayload::Borrowed(raw))
     }
@@ -155,13 +157,19 @@ where
                 f.write_str("an integer, or a string holding one")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-                T::try_from(v).map(Int).map_err(|_| E::custom("integer out of range"))
+                T::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::custom("integer out of range"))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-                T::try_from(v).map(Int).map_err(|_| E::custom("integer out of range"))
+                T::try_from(v)
+                    .map(Int)
+                    .map_err(|_| E::custom("integer out of range"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                v.parse().map(Int).map_err(|_| E::custom("invalid integer string"))
+                v.parse()
+                    .map(Int)
+                    .map_err(|_| E::custom("invalid integer string"))
             }
             fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Int(T::default()))
@@ -313,14 +321,33 @@ macro_rules! json_mapping {
 /// checked against the schema by a test.
 pub const HAND_MAPPED_FIELDS: &[(&str, &[&str])] = &[
     ("switchboard.v1.ClientInfo", &["user", "client", "info"]),
-    ("switchboard.v1.PublishRequest", &["room", "data", "tags", "exclude_self"]),
-    ("switchboard.v1.Publication", &["room", "offset", "data", "info", "tags", "time"]),
+    (
+        "switchboard.v1.PublishRequest",
+        &["room", "data", "tags", "exclude_self"],
+    ),
+    (
+        "switchboard.v1.Publication",
+        &["room", "offset", "data", "info", "tags", "time"],
+    ),
     ("switchboard.v1.Message", &["data"]),
-    ("switchboard.api.v1.PublishRequest", &["room", "data", "tags", "idempotency_key"]),
-    ("switchboard.api.v1.BroadcastRequest", &["rooms", "data", "tags", "idempotency_key"]),
+    (
+        "switchboard.api.v1.PublishRequest",
+        &["room", "data", "tags", "idempotency_key"],
+    ),
+    (
+        "switchboard.api.v1.BroadcastRequest",
+        &["rooms", "data", "tags", "idempotency_key"],
+    ),
     (
         "switchboard.api.v1.TicketRequest",
-        &["user", "info", "subscribe", "publish", "ttl_seconds", "expire_at"],
+        &[
+            "user",
+            "info",
+            "subscribe",
+            "publish",
+            "ttl_seconds",
+            "expire_at",
+        ],
     ),
 ];
 

@@ -234,7 +234,9 @@ impl Hub {
 
     /// The ids of a room's local members (live and pending).
     pub fn member_ids(&self, room: &str) -> Vec<ConnId> {
-        let Some(entry) = self.room(room) else { return Vec::new() };
+        let Some(entry) = self.room(room) else {
+            return Vec::new();
+        };
         let mut ids: Vec<ConnId> = read(&entry.members).keys().cloned().collect();
         ids.extend(lock(&entry.pending).keys().cloned());
         ids
@@ -245,7 +247,10 @@ impl Hub {
         self.shards
             .iter()
             .flat_map(|shard| {
-                read(shard).iter().map(|(name, room)| (name.to_string(), room.len() as u32)).collect::<Vec<_>>()
+                read(shard)
+                    .iter()
+                    .map(|(name, room)| (name.to_string(), room.len() as u32))
+                    .collect::<Vec<_>>()
             })
             .collect()
     }

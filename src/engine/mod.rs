@@ -16,6 +16,6 @@ pub mod room;
 mod session;
 
 pub use node::{Node, NodeStats, OpenParams};
+pub use operations::{MAX_BROADCAST_ROOMS, MAX_TICKET_TTL, NodeInfo, OpError};
 pub use outbox::{Close, Outbox};
-pub use operations::{NodeInfo, OpError, MAX_BROADCAST_ROOMS, MAX_TICKET_TTL};
 pub use session::{Control, Session};

@@ -194,7 +194,10 @@ impl Node {
                     "server at its connection limit",
                 ));
             }
-            let connection = Connection { outbox: outbox.clone(), control };
+            let connection = Connection {
+                outbox: outbox.clone(),
+                control,
+            };
             registry.connections.insert(id.clone(), connection);
         }
         m::connection_opened(params.encoding);
@@ -265,7 +268,10 @@ impl Node {
     /// how many accepted it.
     pub(crate) fn control_user(&self, user: &str, client: &str, control: &Control) -> u32 {
         let connections = self.user_connections(user, client);
-        connections.iter().filter(|c| c.control.try_send(control.clone()).is_ok()).count() as u32
+        connections
+            .iter()
+            .filter(|c| c.control.try_send(control.clone()).is_ok())
+            .count() as u32
     }
 
     /// Sends a control to every local member of a room.
@@ -317,8 +323,11 @@ impl Node {
     pub async fn shutdown(&self) -> usize {
         self.shutting_down.store(true, Ordering::Release);
         let deadline = Instant::now() + self.config.shutdown_timeout;
-        let outboxes: Vec<Arc<Outbox>> =
-            lock(&self.registry).connections.values().map(|c| c.outbox.clone()).collect();
+        let outboxes: Vec<Arc<Outbox>> = lock(&self.registry)
+            .connections
+            .values()
+            .map(|c| c.outbox.clone())
+            .collect();
         let close = Close::new(CloseCode::SHUTDOWN, "server shutting down");
         for batch in outboxes.chunks(self.config.shutdown_batch.max(1)) {
             for outbox in batch {

@@ -20,8 +20,8 @@ use super::room::RoomName;
 use super::session::Control;
 use crate::auth::RoomPattern;
 use crate::broker::{
-    BrokerError, HistoryPage, HistoryQuery, PresenceStats, PublishOptions, StreamOptions, StreamTop,
-    TicketGrant,
+    BrokerError, HistoryPage, HistoryQuery, PresenceStats, PublishOptions, StreamOptions,
+    StreamTop, TicketGrant,
 };
 use crate::codes::{CloseCode, ErrorCode, UnsubscribeCode};
 use crate::wire::v1::{ClientInfo, Publication};
@@ -34,12 +34,29 @@ pub struct OpError {
     pub code: ErrorCode,
     /// What went wrong.
     pub message: String,
+    /// The broker could not serve the operation now (code 100, temporary).
+    /// Kept apart from a server fault, so the HTTP layer can answer 503
+    /// (retry elsewhere or later) rather than 500.
+    pub unavailable: bool,
 }
 
 impl OpError {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+            unavailable: false,
+        }
+    }
+
+    /// The broker cannot serve the operation now: code 100, temporary.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            code: ErrorCode::INTERNAL,
+            message: message.into(),
+            unavailable: true,
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -50,8 +67,10 @@ impl OpError {
 impl From<BrokerError> for OpError {
     fn from(err: BrokerError) -> Self {
         match err {
-            BrokerError::Unrecoverable => Self::new(ErrorCode::UNRECOVERABLE_POSITION, err.to_string()),
-            other => Self::new(ErrorCode::INTERNAL, other.to_string()),
+            BrokerError::Unrecoverable => {
+                Self::new(ErrorCode::UNRECOVERABLE_POSITION, err.to_string())
+            }
+            BrokerError::Unavailable(_) => Self::unavailable(err.to_string()),
         }
     }
 }
@@ -102,7 +121,10 @@ impl Node {
         if data.len() > self.config.limits.max_frame_size {
             return Err(OpError::new(
                 ErrorCode::LIMIT_EXCEEDED,
-                format!("payload exceeds {} bytes", self.config.limits.max_frame_size),
+                format!(
+                    "payload exceeds {} bytes",
+                    self.config.limits.max_frame_size
+                ),
             ));
         }
         let publication = Publication {
@@ -118,7 +140,10 @@ impl Node {
             idempotency_key: (!idempotency_key.is_empty()).then_some(idempotency_key),
             idempotency_window: self.config.api.idempotency_window,
         };
-        let top = self.broker.publish(name.as_str(), publication, stream, options).await?;
+        let top = self
+            .broker
+            .publish(name.as_str(), publication, stream, options)
+            .await?;
         crate::metrics::published();
         Ok(top)
     }
@@ -139,7 +164,10 @@ impl Node {
         }
         let mut results = Vec::with_capacity(rooms.len());
         for room in rooms {
-            results.push(self.publish(room, data.clone(), tags.clone(), idempotency_key).await);
+            results.push(
+                self.publish(room, data.clone(), tags.clone(), idempotency_key)
+                    .await,
+            );
         }
         Ok(results)
     }
@@ -148,7 +176,10 @@ impl Node {
         let (name, _) = self.room_and_stream(room)?;
         match self.room_options(name.namespace()) {
             Some((options, _)) if options.presence => Ok(name),
-            _ => Err(OpError::new(ErrorCode::NOT_AVAILABLE, format!("presence is off for {name}"))),
+            _ => Err(OpError::new(
+                ErrorCode::NOT_AVAILABLE,
+                format!("presence is off for {name}"),
+            )),
         }
     }
 
@@ -165,10 +196,17 @@ impl Node {
     }
 
     /// Reads a room's history (at most `limits.max_history_reply`).
-    pub async fn history(&self, room: &str, mut query: HistoryQuery) -> Result<HistoryPage, OpError> {
+    pub async fn history(
+        &self,
+        room: &str,
+        mut query: HistoryQuery,
+    ) -> Result<HistoryPage, OpError> {
         let (name, stream) = self.room_and_stream(room)?;
         if stream.history_size == 0 {
-            return Err(OpError::new(ErrorCode::NOT_AVAILABLE, format!("history is off for {name}")));
+            return Err(OpError::new(
+                ErrorCode::NOT_AVAILABLE,
+                format!("history is off for {name}"),
+            ));
         }
         query.limit = query.limit.min(self.config.limits.max_history_reply);
         Ok(self.broker.history(name.as_str(), query, stream).await?)
@@ -180,7 +218,8 @@ impl Node {
     pub async fn remove_history(&self, room: &str) -> Result<(), OpError> {
         let (name, _) = self.room_and_stream(room)?;
         self.broker.remove_history(name.as_str()).await?;
-        let control = Control::Unsubscribe(name.clone(), UnsubscribeCode::STATE_LOST, "history removed");
+        let control =
+            Control::Unsubscribe(name.clone(), UnsubscribeCode::STATE_LOST, "history removed");
         self.control_room(name.as_str(), &control);
         Ok(())
     }
@@ -198,12 +237,19 @@ impl Node {
     pub fn unsubscribe_user(&self, user: &str, room: &str, client: &str) -> Result<u32, OpError> {
         let name = RoomName::parse(room).map_err(|e| OpError::bad_request(e.to_string()))?;
         non_empty(user, "user")?;
-        let control = Control::Unsubscribe(name, UnsubscribeCode::SERVER, "unsubscribed by the server");
+        let control =
+            Control::Unsubscribe(name, UnsubscribeCode::SERVER, "unsubscribed by the server");
         Ok(self.control_user(user, client, &control))
     }
 
     /// Closes a user's connections (or one) with `code` (3504 when 0).
-    pub fn disconnect(&self, user: &str, client: &str, code: u32, reason: &str) -> Result<u32, OpError> {
+    pub fn disconnect(
+        &self,
+        user: &str,
+        client: &str,
+        code: u32,
+        reason: &str,
+    ) -> Result<u32, OpError> {
         non_empty(user, "user")?;
         let code = match code {
             0 => CloseCode::FORCE_DISCONNECT,
@@ -214,13 +260,22 @@ impl Node {
                 )));
             }
         };
-        let reason = if reason.is_empty() { "disconnected by the server" } else { reason };
+        let reason = if reason.is_empty() {
+            "disconnected by the server"
+        } else {
+            reason
+        };
         Ok(self.close_user(user, client, &Close::new(code, reason)))
     }
 
     /// Sets when a user's sessions expire (`None`: never). Returns how many
     /// connections were updated.
-    pub fn refresh_user(&self, user: &str, client: &str, expire_at: Option<u64>) -> Result<u32, OpError> {
+    pub fn refresh_user(
+        &self,
+        user: &str,
+        client: &str,
+        expire_at: Option<u64>,
+    ) -> Result<u32, OpError> {
         non_empty(user, "user")?;
         Ok(self.control_user(user, client, &Control::Expire(expire_at)))
     }
@@ -228,7 +283,12 @@ impl Node {
     /// Rooms with local members whose names match `pattern` (empty: all),
     /// ordered by name, after `cursor`, at most `limit` (default 100, at
     /// most 1000). Returns the page and the cursor of the next one.
-    pub fn rooms(&self, pattern: &str, limit: usize, cursor: &str) -> (Vec<(String, u32)>, Option<String>) {
+    pub fn rooms(
+        &self,
+        pattern: &str,
+        limit: usize,
+        cursor: &str,
+    ) -> (Vec<(String, u32)>, Option<String>) {
         let limit = if limit == 0 { 100 } else { limit.min(1000) };
         let pattern = (!pattern.is_empty()).then(|| RoomPattern::new(pattern));
         let mut rooms: Vec<(String, u32)> = self
@@ -259,18 +319,35 @@ impl Node {
 
     /// Issues a single-use connection ticket. Returns the ticket and how
     /// long it stays usable.
-    pub async fn issue_ticket(&self, grant: TicketGrant, ttl: Duration) -> Result<(String, Duration), OpError> {
+    pub async fn issue_ticket(
+        &self,
+        grant: TicketGrant,
+        ttl: Duration,
+    ) -> Result<(String, Duration), OpError> {
         non_empty(&grant.user, "user")?;
         for pattern in grant.subscribe.iter().chain(&grant.publish) {
             if pattern.is_empty() || pattern.len() > 255 {
-                return Err(OpError::bad_request(format!("bad room pattern {pattern:?}")));
+                return Err(OpError::bad_request(format!(
+                    "bad room pattern {pattern:?}"
+                )));
             }
         }
-        let ttl = if ttl.is_zero() { self.config.api.ticket_ttl } else { ttl.min(MAX_TICKET_TTL) };
+        let ttl = if ttl.is_zero() {
+            self.config.api.ticket_ttl
+        } else {
+            ttl.min(MAX_TICKET_TTL)
+        };
         let mut bytes = [0u8; 32];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| OpError::new(ErrorCode::INTERNAL, format!("no randomness for a ticket: {e}")))?;
-        let ticket = format!("tk_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes));
+        getrandom::fill(&mut bytes).map_err(|e| {
+            OpError::new(
+                ErrorCode::INTERNAL,
+                format!("no randomness for a ticket: {e}"),
+            )
+        })?;
+        let ticket = format!(
+            "tk_{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        );
         self.broker.store_ticket(&ticket, grant, ttl).await?;
         Ok((ticket, ttl))
     }

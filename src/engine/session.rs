@@ -29,8 +29,8 @@ use crate::metrics as m;
 use crate::wire::v1::{
     ClientFrame, ClientInfo, ConnectRequest, ConnectResult, Error, HistoryRequest, HistoryResult,
     PingResult, PresenceResult, PresenceStatsResult, Publication, PublishRequest, PublishResult,
-    RefreshRequest, RefreshResult, ServerFrame, SubscribeRequest, SubscribeResult, Subscribed, Unsubscribed,
-    UnsubscribeResult, client_frame::Command, server_frame::Body,
+    RefreshRequest, RefreshResult, ServerFrame, SubscribeRequest, SubscribeResult, Subscribed,
+    UnsubscribeResult, Unsubscribed, client_frame::Command, server_frame::Body,
 };
 
 /// A reply's body, or the error sent instead.
@@ -157,7 +157,9 @@ impl Session {
                 }
             }
             Control::Unsubscribe(room, code, reason) => {
-                let Some(subscription) = self.subscriptions.remove(&room) else { return };
+                let Some(subscription) = self.subscriptions.remove(&room) else {
+                    return;
+                };
                 self.leave_room(&room, &subscription).await;
                 let push = ServerFrame {
                     id: 0,
@@ -402,12 +404,18 @@ impl Session {
             Ok(Ok(grant)) => grant,
             Ok(Err(err)) => {
                 m::rejected("ticket");
-                return Err(Close::new(CloseCode::INVALID_TICKET, format!("invalid ticket: {err}")));
+                return Err(Close::new(
+                    CloseCode::INVALID_TICKET,
+                    format!("invalid ticket: {err}"),
+                ));
             }
             Err(err) => return Err(Close::new(CloseCode::INTERNAL, err.to_string())),
         };
         if grant.expires_at.is_some_and(|exp| exp <= now_unix) {
-            return Err(Close::new(CloseCode::EXPIRED, "the ticket's session has expired"));
+            return Err(Close::new(
+                CloseCode::EXPIRED,
+                "the ticket's session has expired",
+            ));
         }
         Ok(Credentials {
             user: grant.user,

@@ -467,7 +467,11 @@ fn hand_mapped_json_matches_the_schema() {
             }
         }
     }
-    assert_eq!(checked, payload::HAND_MAPPED_FIELDS.len(), "every hand mapping names a message");
+    assert_eq!(
+        checked,
+        payload::HAND_MAPPED_FIELDS.len(),
+        "every hand mapping names a message"
+    );
 }
 
 #[test]
