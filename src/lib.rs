@@ -29,6 +29,7 @@
 //!   OpenAPI document), `/health` and `/metrics`.
 //! - [`server`]: a running server: router, listener, housekeeping, graceful
 //!   shutdown. [`metrics`] names every metric once.
+//! - [`mod@bench`]: `switchboard bench`, a load generator and a bare tokio-tungstenite baseline server.
 //!
 //! Dependencies point one way: transport → engine → broker; codec, codes and
 //! wire are leaves everything may use.
@@ -39,6 +40,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod codec;

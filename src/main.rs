@@ -26,6 +26,8 @@ enum Command {
     Serve(ServeArgs),
     /// Mint a development token (HS256) with the configured secret.
     Token(TokenArgs),
+    /// Measure a server under load (idle memory, fan-out, latency) against a bare baseline.
+    Bench(switchboard::bench::BenchArgs),
     /// Subscribe to rooms and print publications as JSON lines (events on stderr).
     Sub(SubArgs),
     /// Publish one payload into a room as a client.
@@ -215,6 +217,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Token(args) => token(args),
+        Command::Bench(args) => switchboard::bench::main(args),
         Command::Sub(args) => run_client(switchboard::client::cli::subscribe(
             args.target.target(),
             args.rooms,
