@@ -302,8 +302,9 @@ pub struct Limits {
     pub pong_timeout: Duration,
     /// Most publications one `history` reply or recovery may carry. Default 1000.
     pub max_history_reply: usize,
-    /// WebSocket read buffer per connection, in bytes. Default 4 KiB: an idle
-    /// connection should cost little memory; large messages grow it as needed.
+    /// WebSocket read buffer per connection, in bytes. Default 1 KiB: it is
+    /// allocated (and zeroed before reads) for every connection, idle or not;
+    /// larger messages are read in several chunks.
     pub websocket_read_buffer: usize,
     /// WebSocket write buffer per connection (bytes gathered before a write
     /// syscall). Default 8 KiB.
@@ -326,7 +327,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
             max_history_reply: 1000,
-            websocket_read_buffer: 4 * 1024,
+            websocket_read_buffer: 1024,
             websocket_write_buffer: 8 * 1024,
         }
     }

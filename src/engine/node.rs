@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::hub::{ConnId, Hub};
@@ -45,17 +44,12 @@ struct Registry {
     users: HashMap<String, HashSet<ConnId>>,
 }
 
-/// What the node holds of each connection: where to send frames and
-/// controls. The session owns everything else.
+/// What the node holds of each connection: its outbox, which also carries
+/// controls to the session. The session owns everything else.
 #[derive(Clone)]
 struct Connection {
     outbox: Arc<Outbox>,
-    control: mpsc::Sender<Control>,
 }
-
-/// Controls queued per connection before further ones are refused (the
-/// server API then reports fewer connections reached).
-const CONTROL_QUEUE: usize = 8;
 
 /// One Switchboard server process: everything sessions share.
 pub struct Node {
@@ -184,7 +178,6 @@ impl Node {
             params.encoding,
         ));
         let id: ConnId = new_client_id().into();
-        let (control, controls) = mpsc::channel(CONTROL_QUEUE);
         {
             let mut registry = lock(&self.registry);
             if registry.connections.len() >= self.config.limits.max_connections {
@@ -196,12 +189,11 @@ impl Node {
             }
             let connection = Connection {
                 outbox: outbox.clone(),
-                control,
             };
             registry.connections.insert(id.clone(), connection);
         }
         m::connection_opened(params.encoding);
-        Ok(Session::new(self.clone(), id, outbox, controls, params))
+        Ok(Session::new(self.clone(), id, outbox, params))
     }
 
     /// Records that a connection authenticated as `user`; fails when the
@@ -270,7 +262,7 @@ impl Node {
         let connections = self.user_connections(user, client);
         connections
             .iter()
-            .filter(|c| c.control.try_send(control.clone()).is_ok())
+            .filter(|c| c.outbox.push_control(control.clone()))
             .count() as u32
     }
 
@@ -281,7 +273,7 @@ impl Node {
         members
             .iter()
             .filter_map(|id| registry.connections.get(id))
-            .filter(|c| c.control.try_send(control.clone()).is_ok())
+            .filter(|c| c.outbox.push_control(control.clone()))
             .count() as u32
     }
 

@@ -13,6 +13,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
+use super::session::Control;
 use crate::codec::{self, Encoding};
 use crate::codes::CloseCode;
 use crate::wire::v1::{Disconnect, ServerFrame, server_frame::Body};
@@ -55,7 +56,15 @@ struct Queue {
     frames: VecDeque<Bytes>,
     bytes: usize,
     close: Option<Close>,
+    /// Controls from the node for the session (server API), bounded by
+    /// [`CONTROL_QUEUE`]. Kept here rather than in a channel of its own: an
+    /// empty `VecDeque` costs no allocation per idle connection.
+    controls: VecDeque<Control>,
 }
+
+/// Controls queued per connection before further ones are refused (the
+/// server API then reports fewer connections reached).
+pub const CONTROL_QUEUE: usize = 8;
 
 /// The outbound queue of one connection.
 #[derive(Debug)]
@@ -65,6 +74,8 @@ pub struct Outbox {
     ready: Notify,
     /// Wakes every task waiting in [`Outbox::closed`].
     closing: Notify,
+    /// Wakes the session waiting in [`Outbox::next_control`].
+    control_ready: Notify,
     cap: usize,
     encoding: Encoding,
 }
@@ -76,6 +87,7 @@ impl Outbox {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             closing: Notify::new(),
+            control_ready: Notify::new(),
             cap,
             encoding,
         }
@@ -194,6 +206,31 @@ impl Outbox {
             }
             // A push between the check and here left a permit: no lost wakeup.
             self.ready.notified().await;
+        }
+    }
+
+    /// Queues a control for the session; `false` when the connection is
+    /// closing or already has [`CONTROL_QUEUE`] controls waiting.
+    pub fn push_control(&self, control: Control) -> bool {
+        let mut queue = self.lock();
+        if queue.close.is_some() || queue.controls.len() >= CONTROL_QUEUE {
+            return false;
+        }
+        queue.controls.push_back(control);
+        drop(queue);
+        self.control_ready.notify_one();
+        true
+    }
+
+    /// The next control for the session. Cancel-safe; one waiter (the
+    /// session's transport loop).
+    pub async fn next_control(&self) -> Control {
+        loop {
+            if let Some(control) = self.lock().controls.pop_front() {
+                return control;
+            }
+            // A push between the check and here left a permit.
+            self.control_ready.notified().await;
         }
     }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::hub::ConnId;
@@ -96,7 +95,6 @@ pub struct Session {
     subscriptions: HashMap<RoomName, Subscription>,
     limiter: DefaultDirectRateLimiter,
     registered_user: Option<String>,
-    controls: mpsc::Receiver<Control>,
 }
 
 impl Session {
@@ -104,7 +102,6 @@ impl Session {
         node: Arc<Node>,
         id: ConnId,
         outbox: Arc<Outbox>,
-        controls: mpsc::Receiver<Control>,
         params: OpenParams,
     ) -> Self {
         let limits = &node.config.limits;
@@ -118,7 +115,6 @@ impl Session {
             subscriptions: HashMap::new(),
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             registered_user: None,
-            controls,
             node,
             id,
             outbox,
@@ -136,13 +132,8 @@ impl Session {
     }
 
     /// The next control from the node. Cancel-safe: use it in `select!`.
-    pub async fn next_control(&mut self) -> Control {
-        match self.controls.recv().await {
-            Some(control) => control,
-            // The node holds the sender as long as the connection is
-            // registered; without it, no control will ever come.
-            None => std::future::pending().await,
-        }
+    pub async fn next_control(&self) -> Control {
+        self.outbox.next_control().await
     }
 
     /// Applies a control from the node.
