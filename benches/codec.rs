@@ -53,6 +53,7 @@ fn publication_push(n: usize) -> ServerFrame {
             }),
             tags: Default::default(),
             time: 1_767_225_600_123 + n as i64,
+            delta: false,
         })),
     }
 }

@@ -53,6 +53,10 @@ pub struct Config {
     pub personal_namespace: Option<String>,
     /// The server API for backends (spec/10-server-api.md).
     pub api: ApiConfig,
+    /// The WebTransport endpoint (HTTP/3 over QUIC, spec/02-framing.md).
+    pub webtransport: WebTransportConfig,
+    /// Frame compression (spec/11-compression.md).
+    pub compression: CompressionConfig,
     /// How long a graceful shutdown may take before remaining connections
     /// are dropped. Default 10 s.
     #[serde(with = "duration")]
@@ -76,6 +80,8 @@ impl Default for Config {
             strict_namespaces: false,
             personal_namespace: None,
             api: ApiConfig::default(),
+            webtransport: WebTransportConfig::default(),
+            compression: CompressionConfig::default(),
             shutdown_timeout: Duration::from_secs(10),
             shutdown_batch: 1000,
         }
@@ -115,6 +121,46 @@ impl Config {
                     "refusing to serve the API on {api} with the public development key: set api.keys"
                 )));
             }
+        }
+        if let Some(unknown) = self
+            .compression
+            .codecs
+            .iter()
+            .find(|c| crate::codec::unit::Codec::from_name(c).is_none())
+        {
+            return Err(ConfigError(format!(
+                "compression.codecs: unknown codec {unknown:?} (known: deflate-raw, zstd)"
+            )));
+        }
+        for (name, options) in std::iter::once(("default_room", &self.default_room)).chain(
+            self.namespaces
+                .iter()
+                .map(|(name, options)| (name.as_str(), options)),
+        ) {
+            if options.volatile && options.delta {
+                return Err(ConfigError(format!(
+                    "{name}: a room cannot be both volatile and delta \
+                     (a lost datagram would break the chain of deltas)"
+                )));
+            }
+        }
+        let wt = &self.webtransport;
+        if !wt.path.starts_with('/') {
+            return Err(ConfigError("webtransport.path must start with '/'".into()));
+        }
+        if wt.certificate.is_some() != wt.private_key.is_some() {
+            return Err(ConfigError(
+                "webtransport.certificate and webtransport.private_key go together".into(),
+            ));
+        }
+        if wt.development_certificate_validity > Duration::from_secs(14 * 86_400)
+            || wt.development_certificate_renewal >= wt.development_certificate_validity
+        {
+            return Err(ConfigError(
+                "webtransport.development_certificate_validity must be at most 14 days \
+                 and longer than development_certificate_renewal"
+                    .into(),
+            ));
         }
         if !self.websocket_path.starts_with('/') {
             return Err(ConfigError("websocket_path must start with '/'".into()));
@@ -262,6 +308,98 @@ impl AuthConfig {
     }
 }
 
+/// Frame compression, negotiated per connection by the `codecs` URL
+/// parameter and done once per publication (spec/11-compression.md).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Codecs the server uses when a client lists them: `deflate-raw`,
+    /// `zstd`. Default both; empty: clients always get `identity`.
+    pub codecs: Vec<String>,
+    /// Batches smaller than this are sent uncompressed: compressing a few
+    /// dozen bytes costs more CPU than it saves bytes. Default 256.
+    pub min_size: usize,
+    /// DEFLATE level, 1–9. Default 6.
+    pub deflate_level: u32,
+    /// zstd level, 1–19. Default 3.
+    pub zstd_level: i32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self {
+            codecs: vec!["deflate-raw".into(), "zstd".into()],
+            min_size: 256,
+            deflate_level: 6,
+            zstd_level: 3,
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// The enabled codecs (validated by [`Config::validate`]).
+    pub fn enabled(&self) -> Vec<crate::codec::unit::Codec> {
+        self.codecs
+            .iter()
+            .filter_map(|c| crate::codec::unit::Codec::from_name(c))
+            .collect()
+    }
+
+    /// The levels as the codec takes them.
+    pub fn levels(&self) -> crate::codec::unit::Levels {
+        crate::codec::unit::Levels {
+            deflate: self.deflate_level,
+            zstd: self.zstd_level,
+        }
+    }
+}
+
+/// The WebTransport endpoint: HTTP/3 over UDP, beside the WebSocket one.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebTransportConfig {
+    /// Serve WebTransport. Default true.
+    pub enabled: bool,
+    /// UDP address. Default: the IP and port of `listen` (TCP and UDP ports
+    /// are separate namespaces, so one number serves both).
+    pub listen: Option<SocketAddr>,
+    /// Path of the session URL. Default `/connection/webtransport`; its
+    /// certificate hash is served over HTTP at `<path>/certificate`.
+    pub path: String,
+    /// PEM certificate chain for production. With `private_key`; without
+    /// both, a development certificate is generated.
+    pub certificate: Option<PathBuf>,
+    /// PEM private key of `certificate`.
+    pub private_key: Option<PathBuf>,
+    /// Validity of a generated development certificate. At most 14 days,
+    /// the most browsers accept for `serverCertificateHashes`. Default 10 days.
+    #[serde(with = "duration")]
+    pub development_certificate_validity: Duration,
+    /// A development certificate is replaced by a new one this long before
+    /// it expires, without dropping sessions. Default 3 days.
+    #[serde(with = "duration")]
+    pub development_certificate_renewal: Duration,
+    /// QUIC keep-alive interval, so that NAT bindings of quiet sessions
+    /// survive. Default 10 s.
+    #[serde(with = "duration")]
+    pub keep_alive: Duration,
+}
+
+impl Default for WebTransportConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: None,
+            path: "/connection/webtransport".into(),
+            certificate: None,
+            private_key: None,
+            development_certificate_validity: Duration::from_secs(10 * 86_400),
+            development_certificate_renewal: Duration::from_secs(3 * 86_400),
+            keep_alive: Duration::from_secs(10),
+        }
+    }
+}
+
 /// What one peer may use (spec/06-limits.md). Each limit protects the server
 /// and every other client from one misbehaving peer.
 #[derive(Clone, Debug, Deserialize)]
@@ -370,6 +508,15 @@ pub struct RoomOptions {
     /// Most connections subscribed to one room on this node; 0 is unlimited.
     /// Default 0.
     pub max_members: usize,
+    /// Best-effort, latest-wins publications (typing indicators, cursors):
+    /// never kept in history, sent as QUIC datagrams to WebTransport clients
+    /// and as ordinary pushes over WebSocket (spec/03-messages.md,
+    /// "Volatile rooms"). Default false.
+    pub volatile: bool,
+    /// Publications may be sent as deltas against the previous publication
+    /// with the same key, to subscribers that ask for deltas (spec/12-delta.md).
+    /// Default false.
+    pub delta: bool,
 }
 
 impl Default for RoomOptions {
@@ -383,6 +530,8 @@ impl Default for RoomOptions {
             history_size: 100,
             history_ttl: Duration::from_secs(600),
             max_members: 0,
+            volatile: false,
+            delta: false,
         }
     }
 }

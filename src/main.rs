@@ -306,10 +306,26 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     runtime.block_on(async move {
         let dev_secret = config.auth.uses_development_secret();
         let path = config.websocket_path.clone();
+        let wt_path = config.webtransport.path.clone();
         let server = Server::start(config).await.map_err(|e| e.to_string())?;
         let addr = server.addr();
         println!("switchboard {} listening on {addr}", env!("CARGO_PKG_VERSION"));
         println!("  WebSocket  ws://{addr}{path}  (subprotocols: {})", Encoding::SUBPROTOCOLS.join(", "));
+        if let Some(wt) = server.webtransport() {
+            let cert = wt.certificate();
+            println!(
+                "  WebTransport https://{}{wt_path}?format=json|protobuf  (udp)",
+                wt.addr()
+            );
+            if cert.development {
+                println!(
+                    "             development certificate, sha256 {}\n             \
+                     a page connects with serverCertificateHashes = [{{algorithm: \"sha-256\", value: <hash bytes>}}];\n             \
+                     the current hash is served at http://{addr}{wt_path}/certificate",
+                    cert.sha256_hex()
+                );
+            }
+        }
         println!("  health     http://{addr}/health");
         println!("  metrics    http://{addr}/metrics");
         println!("  API        http://{}/api/v1/<method>  (OpenAPI: /api/v1/openapi.json)", server.api_addr());

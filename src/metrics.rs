@@ -147,6 +147,9 @@ pub(crate) fn recovery(recovered: bool) {
 pub(crate) fn fanout(fanout: &Fanout) {
     counter!("switchboard_frames_out_total").increment(fanout.delivered as u64);
     counter!("switchboard_encodings_total").increment(fanout.encodings as u64);
+    if fanout.compressions > 0 {
+        counter!("switchboard_compressions_total").increment(fanout.compressions as u64);
+    }
     if fanout.overflowed > 0 {
         counter!("switchboard_rejected_total", "reason" => "slow")
             .increment(fanout.overflowed as u64);

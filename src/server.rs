@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::broker::memory::MemoryBroker;
 use crate::config::{Config, ConfigError};
 use crate::engine::Node;
+use crate::transport::webtransport::{self, WebTransport, WebTransportError};
 
 /// A running server.
 pub struct Server {
@@ -27,6 +28,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     api_task: Option<tokio::task::JoinHandle<()>>,
+    webtransport: Option<WebTransport>,
 }
 
 /// Why a server could not start.
@@ -44,6 +46,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// The WebTransport endpoint could not start.
+    #[error(transparent)]
+    WebTransport(#[from] WebTransportError),
 }
 
 /// The router of the public endpoint: the WebSocket endpoint, `/health`,
@@ -94,6 +99,30 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartError>
     Ok((listener, local))
 }
 
+/// Binds the public TCP listener and, when WebTransport is enabled, its UDP
+/// socket. By default both take the same port; with port 0 a port free for
+/// both is searched.
+async fn bind_public(
+    config: &Config,
+) -> Result<(TcpListener, SocketAddr, Option<std::net::UdpSocket>), StartError> {
+    let wt = &config.webtransport;
+    let mut attempts = 0;
+    loop {
+        let (listener, addr) = bind(config.listen).await?;
+        if !wt.enabled {
+            return Ok((listener, addr, None));
+        }
+        match webtransport::bind_udp(config, addr) {
+            Ok(socket) => return Ok((listener, addr, Some(socket))),
+            // The UDP port of a random TCP port was taken: try another.
+            Err(_) if config.listen.port() == 0 && wt.listen.is_none() && attempts < 20 => {
+                attempts += 1;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+}
+
 impl Server {
     /// Starts a server with the embedded memory broker.
     pub async fn start(config: Config) -> Result<Self, StartError> {
@@ -104,7 +133,7 @@ impl Server {
     /// Starts serving a node.
     pub async fn start_node(node: Arc<Node>) -> Result<Self, StartError> {
         let _ = crate::api::prometheus();
-        let (listener, addr) = bind(node.config().listen).await?;
+        let (listener, addr, udp) = bind_public(node.config()).await?;
         let api_listener = match node.config().api.listen {
             Some(api) => Some(bind(api).await?),
             None => None,
@@ -118,7 +147,18 @@ impl Server {
             }
             None => (addr, None),
         };
-        let app = router(node.clone());
+        let mut app = router(node.clone());
+        let webtransport = match udp {
+            Some(socket) => {
+                let wt = WebTransport::start(node.clone(), socket, stopped.clone()).await?;
+                app = app.merge(webtransport::certificate_router(
+                    &wt,
+                    &node.config().webtransport.path,
+                ));
+                Some(wt)
+            }
+            None => None,
+        };
         let housekeeping = tokio::spawn(housekeeping(node.clone()));
         let served = serve(listener, app, stopped);
         let task = tokio::spawn(async move {
@@ -132,7 +172,13 @@ impl Server {
             stop,
             task,
             api_task,
+            webtransport,
         })
+    }
+
+    /// The WebTransport endpoint, when enabled.
+    pub fn webtransport(&self) -> Option<&WebTransport> {
+        self.webtransport.as_ref()
     }
 
     /// The address the server listens on.
@@ -157,6 +203,9 @@ impl Server {
     pub async fn shutdown(self) -> usize {
         let _ = self.stop.send(true);
         let left = self.node.shutdown().await;
+        if let Some(wt) = self.webtransport {
+            wt.stop().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.task).await;
         if let Some(api_task) = self.api_task {
             let _ = tokio::time::timeout(Duration::from_secs(1), api_task).await;

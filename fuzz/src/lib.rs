@@ -17,6 +17,7 @@
 //! on the whole input, however the input is split, and must never hold more
 //! than one frame's limit plus the last piece pushed.
 
+pub mod delta;
 pub mod seeds;
 
 use std::fmt::Debug;

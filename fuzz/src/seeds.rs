@@ -15,6 +15,9 @@ use switchboard::wire::v1::{
 };
 
 use crate::StreamControl;
+use switchboard::codec::unit::{
+    self, Codec, Levels, MAX_UNITS_PER_MESSAGE, UnitError, UnitStreamDecoder,
+};
 
 /// One seed file.
 #[derive(Debug)]
@@ -112,6 +115,7 @@ fn publication(offset: u64, text: &str) -> Publication {
         }),
         tags: [("kind".to_string(), "chat".to_string())].into(),
         time: 1_767_225_600_000,
+        delta: false,
     }
 }
 
@@ -288,7 +292,261 @@ pub fn seeds() -> Vec<Seed> {
             }
         }
     }
+    delta_seeds(&mut seeds);
+    unit_seeds(&mut seeds, &client, &server);
     seeds
+}
+
+/// Leaderboard rows as JSON, in the order given.
+fn leaderboard(rows: &[(&str, u32)]) -> Vec<u8> {
+    let rows: Vec<String> = rows
+        .iter()
+        .enumerate()
+        .map(|(rank, (user, score))| {
+            format!(r#"{{"rank":{},"user":"{user}","score":{score}}}"#, rank + 1)
+        })
+        .collect();
+    format!(r#"{{"board":"weekly","rows":[{}]}}"#, rows.join(",")).into_bytes()
+}
+
+/// The delta target: a base, then the reference encoder's delta of a target
+/// against it (`crate::delta::input`).
+fn delta_seeds(seeds: &mut Vec<Seed>) {
+    let state = |progress: u32, status: &str| {
+        format!(
+            r#"{{"room":"ops:deploy-7","progress":{progress},"status":"{status}","owner":{{"user":"ann","client":"c-7f3a"}},"steps":["build","test","publish"]}}"#
+        )
+        .into_bytes()
+    };
+    let board = [
+        ("ann", 900),
+        ("bob", 870),
+        ("cy", 640),
+        ("dee", 410),
+        ("eve", 90),
+    ];
+    let moved = [
+        ("ann", 900),
+        ("eve", 880),
+        ("bob", 870),
+        ("cy", 640),
+        ("dee", 410),
+    ];
+    let pairs: [(&str, Vec<u8>, Vec<u8>); 7] = [
+        (
+            "worked-example",
+            br#"{"p":10,"s":"run"}"#.to_vec(),
+            br#"{"p":20,"s":"run"}"#.to_vec(),
+        ),
+        (
+            "state-one-field",
+            state(40, "running"),
+            state(41, "running"),
+        ),
+        ("state-two-fields", state(99, "running"), state(100, "done")),
+        (
+            "leaderboard-moved",
+            leaderboard(&board),
+            leaderboard(&moved),
+        ),
+        ("empty-target", b"abc".to_vec(), Vec::new()),
+        ("empty-base", Vec::new(), b"hello, world".to_vec()),
+        (
+            "repeated",
+            b"0123456789abcdef".to_vec(),
+            b"0123456789abcdef".repeat(6),
+        ),
+    ];
+    for (name, base, target) in pairs {
+        seeds.push(Seed {
+            target: "delta_apply",
+            file_name: format!("seed-{name}"),
+            bytes: crate::delta::input(&base, &codec::delta::encode(&base, &target)),
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The open_units target (spec/11-compression.md). Its checks live here, next
+// to its seeds, so that `cargo test` in this directory runs them on the seeds.
+// ---------------------------------------------------------------------------
+
+/// The limit of the open_units target: the default `max_message_size`.
+pub const UNITS_MAX: usize = 64 * 1024;
+
+/// The open_units seeds: a control byte ([`check_units`]), then one transport
+/// message of units sealed from the seed frames, never written by hand.
+fn unit_seeds(
+    seeds: &mut Vec<Seed>,
+    client: &[(&'static str, ClientFrame)],
+    server: &[(&'static str, ServerFrame)],
+) {
+    for encoding in Encoding::ALL {
+        let client_batch = batch(client, encoding);
+        let server_batch = batch(server, encoding);
+        let seal = |codec, batch: &[u8]| unit::seal(codec, batch, 0, Levels::default());
+        let mut mixed = Vec::new();
+        mixed.extend_from_slice(&seal(Codec::Identity, &batch(&client[..1], encoding)));
+        mixed.extend_from_slice(&seal(Codec::DeflateRaw, &server_batch));
+        mixed.extend_from_slice(&seal(Codec::Identity, &batch(&server[..2], encoding)));
+        let messages = [
+            (
+                "identity-client",
+                seal(Codec::Identity, &client_batch).to_vec(),
+            ),
+            (
+                "deflate-raw-server",
+                seal(Codec::DeflateRaw, &server_batch).to_vec(),
+            ),
+            (
+                "deflate-raw-client",
+                seal(Codec::DeflateRaw, &client_batch).to_vec(),
+            ),
+            ("zstd-server", seal(Codec::Zstd, &server_batch).to_vec()),
+            ("zstd-client", seal(Codec::Zstd, &client_batch).to_vec()),
+            ("mixed-server", mixed),
+        ];
+        for (name, message) in messages {
+            for (split, chunk, mode) in [("whole", 0, 0), ("varied", 9, 1)] {
+                // Only the piece-size bits of the control byte matter here.
+                let control = StreamControl::new(Encoding::Json, false, chunk, mode);
+                let mut bytes = vec![control.0];
+                bytes.extend_from_slice(&message);
+                seeds.push(Seed {
+                    target: "open_units",
+                    file_name: format!("seed-{}-{name}-{split}", encoding.name()),
+                    bytes,
+                });
+            }
+        }
+    }
+}
+
+/// The open_units target: `data[0]` picks the piece sizes of the stream (bits
+/// 2..=7, as in [`StreamControl::chunks`]), the rest is both one transport
+/// message and a stream of units. For each codec as the negotiated one, with
+/// a 64 KiB limit ([`UNITS_MAX`]):
+///
+/// - [`unit::open_message`] and [`unit::units`] agree, never panic, give
+///   non-empty batches of at most the limit in total, and errors that fit
+///   the input;
+/// - a [`UnitStreamDecoder`] fed the pieces (drained after each push) gives
+///   the same batches and error, except where a message and a stream
+///   differ by design: a message ending inside a unit (`truncated`) is a
+///   stream waiting for more, and the decompressed limit and the unit count
+///   cover a whole message but each unit of a stream. It never holds more
+///   than one unit plus the last piece, and stays failed after an error;
+/// - every batch opened seals again, with that codec, and opens back equal
+///   under a limit of exactly its size.
+///
+/// Returns, per codec in [`Codec::ALL`] order, how many batches the message
+/// gave and the kind of the error that ended it.
+pub fn check_units(data: &[u8]) -> [(usize, Option<&'static str>); 3] {
+    let Some((&control, input)) = data.split_first() else {
+        return [(0, None); 3];
+    };
+    let chunks = StreamControl(control).chunks(input);
+    let message = Bytes::copy_from_slice(input);
+    Codec::ALL.map(|allowed| check_units_as(&message, &chunks, allowed))
+}
+
+fn check_units_as(
+    message: &Bytes,
+    chunks: &[&[u8]],
+    allowed: Codec,
+) -> (usize, Option<&'static str>) {
+    let mut batches = Vec::new();
+    let mut error = None;
+    for result in unit::units(message, allowed, UNITS_MAX) {
+        match result {
+            Ok(batch) => batches.push(batch),
+            Err(err) => error = Some(err),
+        }
+    }
+    match (unit::open_message(message, allowed, UNITS_MAX), &error) {
+        (Ok(opened), None) => assert!(opened == batches, "open_message and units disagree"),
+        (Err(err), Some(first)) => assert_eq!(&err, first),
+        (other, _) => panic!("open_message gave {other:?}, units {error:?}"),
+    }
+    assert!(batches.len() <= MAX_UNITS_PER_MESSAGE);
+    assert!(batches.iter().all(|b| !b.is_empty()), "an empty batch");
+    assert!(batches.iter().map(Bytes::len).sum::<usize>() <= UNITS_MAX);
+    match &error {
+        None => assert!(!message.is_empty()),
+        Some(UnitError::Failed) => panic!("a message gave `failed`"),
+        Some(UnitError::UnexpectedCodec(codec)) => assert!(!allowed.accepts(*codec)),
+        Some(UnitError::UnitTooLarge { size, limit }) => {
+            assert_eq!(*limit, UNITS_MAX);
+            assert!(*size > UNITS_MAX as u64);
+        }
+        Some(UnitError::DecompressedTooLarge { limit }) => assert_eq!(*limit, UNITS_MAX),
+        Some(UnitError::TooManyUnits { limit }) => {
+            assert_eq!((*limit, batches.len()), (MAX_UNITS_PER_MESSAGE, *limit));
+        }
+        Some(UnitError::EmptyUnit) if message.is_empty() => {}
+        Some(_) => {}
+    }
+
+    let mut decoder = UnitStreamDecoder::new(allowed, UNITS_MAX);
+    let mut streamed = Vec::new();
+    let mut stream_error = None;
+    'pieces: for chunk in chunks {
+        decoder.push(chunk);
+        loop {
+            match decoder.next_unit() {
+                Ok(Some(batch)) => streamed.push(batch),
+                Ok(None) => break,
+                Err(err) => {
+                    assert_ne!(err, UnitError::Failed, "first error");
+                    stream_error = Some(err);
+                    break 'pieces;
+                }
+            }
+        }
+        let bound = UNITS_MAX + 11 + chunk.len();
+        assert!(
+            decoder.buffered() <= bound,
+            "unit stream decoder holds {} bytes after draining, more than {bound}",
+            decoder.buffered()
+        );
+    }
+    if stream_error.is_some() {
+        decoder.push(b"\x00\x01x");
+        assert_eq!(decoder.buffered(), 0);
+        assert_eq!(decoder.next_unit(), Err(UnitError::Failed));
+    }
+    match &error {
+        Some(UnitError::DecompressedTooLarge { .. } | UnitError::TooManyUnits { .. }) => {
+            assert!(streamed.len() >= batches.len());
+            assert!(
+                streamed[..batches.len()] == batches[..],
+                "stream and message differ"
+            );
+        }
+        Some(UnitError::Truncated) => {
+            assert!(streamed == batches, "stream and message differ");
+            assert_eq!(stream_error, None);
+            assert!(decoder.buffered() > 0);
+        }
+        Some(UnitError::EmptyUnit) if message.is_empty() => {
+            assert!(streamed.is_empty());
+            assert_eq!(stream_error, None);
+        }
+        first => {
+            assert!(streamed == batches, "stream and message differ");
+            assert_eq!(&stream_error, first);
+        }
+    }
+
+    for batch in &batches {
+        let sealed = unit::seal(allowed, batch, 0, Levels::default());
+        let opened = unit::open_message(&sealed, allowed, batch.len());
+        assert!(
+            opened.as_deref() == Ok(std::slice::from_ref(batch)),
+            "{allowed} round trip: {opened:?}"
+        );
+    }
+    (batches.len(), error.map(|e| e.kind()))
 }
 
 #[cfg(test)]
@@ -343,6 +601,16 @@ mod tests {
                     (frames, error.map(|e| e.kind()))
                 }
                 "stream_decode" => check_stream(&seed.bytes),
+                // A valid delta: one result, no error.
+                "delta_apply" => match crate::delta::check_delta(&seed.bytes) {
+                    Ok(_) => (1, None),
+                    Err(err) => (0, Some(err.kind())),
+                },
+                // Some negotiated codec opens every unit of the seed.
+                "open_units" => check_units(&seed.bytes)
+                    .into_iter()
+                    .find(|(_, error)| error.is_none())
+                    .unwrap_or((0, Some("no codec opens it"))),
                 other => panic!("unknown target {other}"),
             };
             assert!(frames > 0, "{} decodes no frame", seed.file_name);

@@ -14,8 +14,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant as TokioInstant;
 
 use super::machine::{Action, Config, Event, Machine, PublishError, PublishId};
-use super::transport::{BoxFuture, Connector, Incoming, Transport, WebSocketConnector};
-use crate::codec::{self, DecodeLimits, Encoding};
+use super::transport::{
+    BoxFuture, Connector, Incoming, MAX_INCOMING_MESSAGE, Transport, WebSocketConnector,
+};
+use crate::codec::{self, DecodeLimits, Encoding, unit};
 use crate::codes::CloseCode;
 use crate::wire::v1::ServerFrame;
 
@@ -51,13 +53,7 @@ const EVENT_BUFFER: usize = 256;
 impl Client {
     /// Starts a client over WebSocket and connects.
     pub fn websocket(url: impl Into<String>, encoding: Encoding, config: Config) -> Self {
-        Self::start(
-            Arc::new(WebSocketConnector {
-                url: url.into(),
-                encoding,
-            }),
-            config,
-        )
+        Self::start(Arc::new(WebSocketConnector::new(url, encoding)), config)
     }
 
     /// Starts a client over any transport and connects.
@@ -212,21 +208,42 @@ impl Driver {
     fn receive(&mut self, incoming: Option<Incoming>) {
         match incoming {
             Some(Incoming::Message(bytes)) => {
-                let frames: Vec<_> =
-                    codec::decode_batch::<ServerFrame>(&bytes, self.encoding, &self.limits)
-                        .collect();
-                for frame in frames {
-                    match frame {
-                        Ok(frame) => self.machine.handle_frame(frame, now()),
-                        Err(err) => {
-                            // A server that sends what cannot be decoded broke the protocol.
+                let batches: Vec<Result<Bytes, (CloseCode, String)>> = match self.connector.codec()
+                {
+                    None => vec![Ok(bytes)],
+                    Some(codec) => unit::units(&bytes, codec, MAX_INCOMING_MESSAGE)
+                        .map(|b| b.map_err(|e| (e.close_code(), e.to_string())))
+                        .collect(),
+                };
+                for batch in batches {
+                    let batch = match batch {
+                        Ok(batch) => batch,
+                        Err((code, reason)) => {
                             self.transport = None;
                             self.machine.handle_transport_closed(
-                                err.close_code(),
-                                &format!("undecodable frame from the server: {err}"),
+                                code,
+                                &format!("undecodable message from the server: {reason}"),
                                 now(),
                             );
                             return;
+                        }
+                    };
+                    let frames: Vec<_> =
+                        codec::decode_batch::<ServerFrame>(&batch, self.encoding, &self.limits)
+                            .collect();
+                    for frame in frames {
+                        match frame {
+                            Ok(frame) => self.machine.handle_frame(frame, now()),
+                            Err(err) => {
+                                // A server that sends what cannot be decoded broke the protocol.
+                                self.transport = None;
+                                self.machine.handle_transport_closed(
+                                    err.close_code(),
+                                    &format!("undecodable frame from the server: {err}"),
+                                    now(),
+                                );
+                                return;
+                            }
                         }
                     }
                 }
@@ -271,7 +288,16 @@ impl Driver {
         if batch.is_empty() {
             return;
         }
-        let message = batch.split().freeze();
+        let message = match self.connector.codec() {
+            None => batch.split().freeze(),
+            // Commands are small: an identity unit unless worth compressing.
+            Some(codec) => {
+                let mut unit = BytesMut::new();
+                unit::seal_into(codec, batch, 256, unit::Levels::default(), &mut unit);
+                batch.clear();
+                unit.freeze()
+            }
+        };
         let Some(transport) = self.transport.as_mut() else {
             return;
         };

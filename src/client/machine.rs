@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::codec::delta;
 use crate::codes::{CloseCode, ErrorCode, UnsubscribeCode};
 use crate::wire::v1::{
     self, ClientFrame, ConnectResult, Join, Leave, Publication, ServerFrame, StreamPosition,
@@ -44,6 +45,10 @@ use crate::wire::v1::{
 
 #[cfg(test)]
 mod tests;
+
+/// The largest payload a delta may produce (the server's own payload limit
+/// is far lower by default).
+const MAX_DELTA_RESULT: usize = 16 << 20;
 
 /// How the machine behaves. Every default is chosen for a browser-or-phone
 /// client talking to a public server; the reasons are on each field.
@@ -105,6 +110,10 @@ pub struct Config {
     /// the standard library's hash seed), so a fleet of clients does not
     /// reconnect in step. Tests set it to get the same delays every run.
     pub jitter_seed: u64,
+    /// Ask for delta publications (spec/12-delta.md) in rooms that send
+    /// them; the machine applies each delta to the previous payload, so the
+    /// application always sees full values. Default false.
+    pub delta: bool,
 }
 
 impl Default for Config {
@@ -122,6 +131,7 @@ impl Default for Config {
             token_timeout: Duration::from_secs(60),
             max_server_rooms: 1024,
             jitter_seed: process_seed(),
+            delta: false,
         }
     }
 }
@@ -494,6 +504,9 @@ struct Room {
     subscribed_before: bool,
     /// Temporary subscribe failures in a row: the backoff exponent.
     retry_attempt: u32,
+    /// The payload of the last publication delivered, the base of the next
+    /// delta (kept only when deltas are asked for).
+    delta_base: Option<Bytes>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -700,6 +713,7 @@ impl Machine {
                 recoverable: false,
                 subscribed_before: false,
                 retry_attempt: 0,
+                delta_base: None,
             },
         );
         if matches!(self.phase, Phase::Connected(_)) {
@@ -1118,6 +1132,8 @@ impl Machine {
         room.subscribed_before = true;
         room.retry_attempt = 0;
         room.position = Some(current);
+        // A new subscription starts a new chain of deltas.
+        room.delta_base = None;
         self.emit(Event::Subscribed {
             room: name.clone(),
             recovered,
@@ -1126,6 +1142,11 @@ impl Machine {
         for mut publication in missed {
             if publication.room.is_empty() {
                 publication.room.clone_from(&name);
+            }
+            if self.config.delta {
+                if let Some(room) = self.rooms.get_mut(&name) {
+                    room.delta_base = Some(publication.data.clone());
+                }
             }
             self.emit(Event::Publication(publication));
         }
@@ -1186,8 +1207,9 @@ impl Machine {
     /// Delivers a live publication at most once and in offset order; a jump
     /// past the next offset is a gap, repaired by resubscribing from the last
     /// delivered position (spec/08-client.md, "Delivery").
-    fn handle_publication(&mut self, publication: Publication, now: Instant) {
+    fn handle_publication(&mut self, mut publication: Publication, now: Instant) {
         let _ = now;
+        let track = self.config.delta;
         let Some(room) = self.rooms.get_mut(&publication.room) else {
             return;
         };
@@ -1196,6 +1218,30 @@ impl Machine {
         // cover them, and anything later shows up as a gap.
         if room.status != RoomStatus::Subscribed {
             return;
+        }
+        if publication.delta {
+            let applied = room
+                .delta_base
+                .as_ref()
+                .and_then(|base| delta::apply(base, &publication.data, MAX_DELTA_RESULT).ok());
+            match applied {
+                Some(data) => {
+                    publication.data = Bytes::from(data);
+                    publication.delta = false;
+                }
+                None => {
+                    // No base, or one that does not match: never guess. A
+                    // fresh subscription recovers full values.
+                    room.delta_base = None;
+                    if room.origin == Origin::App {
+                        self.remake_subscription(&publication.room);
+                    }
+                    return;
+                }
+            }
+        }
+        if track {
+            room.delta_base = Some(publication.data.clone());
         }
         if publication.offset == 0 {
             // A room without a stream: no order to check.
@@ -1313,6 +1359,7 @@ impl Machine {
                         recoverable: push.recoverable,
                         subscribed_before: true,
                         retry_attempt: 0,
+                        delta_base: None,
                     },
                 );
                 None
@@ -1522,6 +1569,7 @@ impl Machine {
                 room: name.to_owned(),
                 since,
                 token: String::new(),
+                delta: self.config.delta,
             }),
         );
     }

@@ -17,6 +17,7 @@ pub mod machine;
 #[doc(hidden)]
 pub mod sim;
 pub mod transport;
+pub mod webtransport;
 
 pub use self::driver::{Client, Stopped};
 pub use self::machine::{

@@ -18,6 +18,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::codec::Encoding;
+use crate::codec::unit::Codec;
 use crate::codes::CloseCode;
 
 /// A boxed future, so connectors can be chosen at run time.
@@ -65,6 +66,22 @@ pub trait Connector: Send + Sync + 'static {
     fn open(&self) -> BoxFuture<'static, Result<Transport, String>>;
     /// The encoding the transports speak.
     fn encoding(&self) -> Encoding;
+    /// The codec the transports ask for with unit framing
+    /// (spec/11-compression.md); `None`: no unit framing.
+    fn codec(&self) -> Option<Codec> {
+        None
+    }
+}
+
+/// Adds the `codecs` parameter to a URL when a codec is asked for.
+pub(crate) fn with_codecs(url: &str, codec: Option<Codec>) -> String {
+    match codec {
+        None => url.to_owned(),
+        Some(codec) => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}codecs={}", codec.name())
+        }
+    }
 }
 
 /// Connects over WebSocket with the encoding's subprotocol.
@@ -74,21 +91,36 @@ pub struct WebSocketConnector {
     pub url: String,
     /// The framing to ask for.
     pub encoding: Encoding,
+    /// A compression codec to ask for (unit framing), or `None`.
+    pub codec: Option<Codec>,
+}
+
+impl WebSocketConnector {
+    /// A connector without compression.
+    pub fn new(url: impl Into<String>, encoding: Encoding) -> Self {
+        Self {
+            url: url.into(),
+            encoding,
+            codec: None,
+        }
+    }
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-struct WebSocketSink(SplitSink<Socket, Message>, Encoding);
+/// The sink and whether it sends text (JSON without unit framing).
+struct WebSocketSink(SplitSink<Socket, Message>, bool);
 
 impl MessageSink for WebSocketSink {
     fn send(&mut self, message: Bytes) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            let message = match self.1 {
-                Encoding::Json => match String::from_utf8(message.to_vec()) {
+            let message = if self.1 {
+                match String::from_utf8(message.to_vec()) {
                     Ok(text) => Message::Text(text.into()),
                     Err(_) => return Err("non-UTF-8 JSON message".to_owned()),
-                },
-                Encoding::Protobuf => Message::Binary(message),
+                }
+            } else {
+                Message::Binary(message)
             };
             self.0.send(message).await.map_err(|e| e.to_string())
         })
@@ -108,7 +140,8 @@ impl MessageSink for WebSocketSink {
 
 impl Connector for WebSocketConnector {
     fn open(&self) -> BoxFuture<'static, Result<Transport, String>> {
-        let (url, encoding) = (self.url.clone(), self.encoding);
+        let (url, encoding) = (with_codecs(&self.url, self.codec), self.encoding);
+        let text = encoding.is_text() && self.codec.is_none();
         Box::pin(async move {
             let mut request = url
                 .as_str()
@@ -180,7 +213,7 @@ impl Connector for WebSocketConnector {
                 let _ = tx.send(closed).await;
             });
             Ok(Transport {
-                sink: Box::new(WebSocketSink(sink, encoding)),
+                sink: Box::new(WebSocketSink(sink, text)),
                 incoming,
             })
         })
@@ -188,5 +221,9 @@ impl Connector for WebSocketConnector {
 
     fn encoding(&self) -> Encoding {
         self.encoding
+    }
+
+    fn codec(&self) -> Option<Codec> {
+        self.codec
     }
 }

@@ -15,9 +15,11 @@
 //! [`StreamDecoder`]. Both check declared lengths against [`DecodeLimits`]
 //! before buffering anything.
 
+pub mod delta;
 mod error;
 mod json;
 pub mod payload;
+pub mod unit;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -343,6 +345,66 @@ impl StreamDecoder {
             self.buf = BytesMut::new();
         }
         result
+    }
+
+    /// Every complete delimited frame buffered, as one batch of bytes (its
+    /// frames not decoded yet, their sizes checked), or `Ok(None)` when no
+    /// frame is complete. For clients that decode batches elsewhere.
+    pub fn next_delimited(&mut self) -> Result<Option<Bytes>, DecodeError> {
+        if self.failed {
+            return Err(DecodeError::Failed);
+        }
+        let mut end = 0;
+        let mut frames = 0;
+        // JSON: bytes after `end` already known to hold no line feed.
+        let mut skip = self.scanned;
+        let result = loop {
+            if frames == self.limits.max_frames_per_batch {
+                break Ok(false);
+            }
+            let rest = &self.buf[end..];
+            let found = match self.encoding {
+                Encoding::Json => match memchr::memchr(b'\n', &rest[skip.min(rest.len())..]) {
+                    Some(pos) => {
+                        let pos = skip + pos;
+                        skip = 0;
+                        split_frame(&rest[..=pos], self.encoding, &self.limits)
+                    }
+                    None if rest.len() > self.limits.max_frame_size => {
+                        Err(DecodeError::FrameTooLarge {
+                            size: rest.len() as u64,
+                            limit: self.limits.max_frame_size,
+                        })
+                    }
+                    None => Err(DecodeError::Incomplete),
+                },
+                Encoding::Protobuf => split_frame(rest, self.encoding, &self.limits),
+            };
+            match found {
+                Ok((_, used)) => {
+                    end += used;
+                    frames += 1;
+                }
+                Err(DecodeError::Incomplete) => break Ok(true),
+                Err(err) => break Err(err),
+            }
+        };
+        let incomplete = match result {
+            Ok(incomplete) => incomplete,
+            Err(err) => {
+                self.failed = true;
+                self.buf = BytesMut::new();
+                return Err(err);
+            }
+        };
+        let batch = (end > 0).then(|| self.buf.split_to(end).freeze());
+        // What is left holds no line feed when the search stopped for one.
+        self.scanned = if incomplete && self.encoding == Encoding::Json {
+            self.buf.len()
+        } else {
+            0
+        };
+        Ok(batch)
     }
 
     fn take_frame<F: Frame>(&mut self) -> Result<Option<F>, DecodeError> {

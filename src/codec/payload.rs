@@ -327,7 +327,7 @@ pub const HAND_MAPPED_FIELDS: &[(&str, &[&str])] = &[
     ),
     (
         "switchboard.v1.Publication",
-        &["room", "offset", "data", "info", "tags", "time"],
+        &["room", "offset", "data", "info", "tags", "time", "delta"],
     ),
     ("switchboard.v1.Message", &["data"]),
     (
@@ -371,6 +371,7 @@ json_mapping!(Publication, "switchboard.v1.Publication", {
     info: "info",
     tags: "tags",
     time: "time",
+    delta: "delta",
 });
 
 json_mapping!(Message, "switchboard.v1.Message", {

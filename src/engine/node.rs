@@ -25,6 +25,25 @@ pub struct OpenParams {
     pub encoding: Encoding,
     /// A token given on the URL (`?token=`), when the transport allows it.
     pub url_token: Option<String>,
+    /// The largest datagram the transport can send to this peer, when it
+    /// can send datagrams at all (WebTransport): volatile publications that
+    /// fit go as datagrams.
+    pub datagrams: Option<usize>,
+    /// The unit codec, when the client asked for unit framing with
+    /// `codecs` (spec/11-compression.md).
+    pub codec: Option<crate::codec::unit::Codec>,
+}
+
+impl OpenParams {
+    /// A connection in `encoding`, with no URL token and no datagrams.
+    pub fn new(encoding: Encoding) -> Self {
+        Self {
+            encoding,
+            url_token: None,
+            datagrams: None,
+            codec: None,
+        }
+    }
 }
 
 /// Figures about a node, for `/health`, metrics and the server API.
@@ -66,15 +85,23 @@ pub struct Node {
     id: String,
 }
 
-struct Delivery(Arc<Hub>);
+struct Delivery(Arc<Hub>, Arc<Config>);
 
 impl BrokerHandler for Delivery {
     fn handle_publication(&self, room: &str, publication: &Publication, exclude: Option<&str>) {
-        let frame = ServerFrame {
-            id: 0,
-            body: Some(Body::Publication(publication.clone())),
+        let namespace = room.split_once(':').map_or("", |(ns, _)| ns);
+        let options = self.1.room_options(namespace);
+        let fanout = if options.is_some_and(|o| o.delta) {
+            self.0.broadcast_delta(room, publication, exclude)
+        } else {
+            let volatile = options.is_some_and(|o| o.volatile);
+            let frame = ServerFrame {
+                id: 0,
+                body: Some(Body::Publication(publication.clone())),
+            };
+            self.0
+                .broadcast(room, &frame, publication.offset, exclude, volatile)
         };
-        let fanout = self.0.broadcast(room, &frame, publication.offset, exclude);
         m::fanout(&fanout);
     }
 
@@ -86,7 +113,7 @@ impl BrokerHandler for Delivery {
                 client: Some(client.clone()),
             })),
         };
-        m::fanout(&self.0.broadcast(room, &frame, 0, None));
+        m::fanout(&self.0.broadcast(room, &frame, 0, None, false));
     }
 
     fn handle_leave(&self, room: &str, client: &ClientInfo) {
@@ -97,7 +124,7 @@ impl BrokerHandler for Delivery {
                 client: Some(client.clone()),
             })),
         };
-        m::fanout(&self.0.broadcast(room, &frame, 0, None));
+        m::fanout(&self.0.broadcast(room, &frame, 0, None, false));
     }
 }
 
@@ -112,12 +139,13 @@ impl Node {
         config.validate()?;
         let verifier = Verifier::new(&config.auth)?;
         let hub = Arc::new(Hub::default());
-        broker.set_handler(Arc::new(Delivery(hub.clone())));
+        let config = Arc::new(config);
+        broker.set_handler(Arc::new(Delivery(hub.clone(), config.clone())));
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         Ok(Arc::new(Self {
-            config: Arc::new(config),
+            config,
             broker,
             hub,
             verifier,
@@ -161,7 +189,8 @@ impl Node {
             (
                 o,
                 StreamOptions {
-                    history_size: o.history_size,
+                    // Volatile publications are never kept.
+                    history_size: if o.volatile { 0 } else { o.history_size },
                     history_ttl: o.history_ttl,
                 },
             )
@@ -173,10 +202,19 @@ impl Node {
         if self.shutting_down.load(Ordering::Acquire) {
             return Err(Close::new(CloseCode::SHUTDOWN, "server shutting down"));
         }
-        let outbox = Arc::new(Outbox::new(
-            self.config.limits.outbound_queue_bytes,
-            params.encoding,
-        ));
+        let mut outbox = Outbox::new(self.config.limits.outbound_queue_bytes, params.encoding);
+        if let Some(max) = params.datagrams {
+            outbox = outbox.with_datagrams(max);
+        }
+        if let Some(codec) = params.codec {
+            let compression = &self.config.compression;
+            outbox = outbox.with_units(crate::engine::outbox::Units {
+                codec,
+                min_size: compression.min_size,
+                levels: compression.levels(),
+            });
+        }
+        let outbox = Arc::new(outbox);
         let id: ConnId = new_client_id().into();
         {
             let mut registry = lock(&self.registry);

@@ -134,6 +134,7 @@ impl Node {
             info: None,
             tags,
             time: i64::try_from(self.unix_time().as_millis()).unwrap_or(i64::MAX),
+            delta: false,
         };
         let options = PublishOptions {
             exclude: None,

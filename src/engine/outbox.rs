@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::session::Control;
+use crate::codec::unit::{self, Codec, Levels};
 use crate::codec::{self, Encoding};
 use crate::codes::CloseCode;
 use crate::wire::v1::{Disconnect, ServerFrame, server_frame::Body};
@@ -60,7 +61,14 @@ struct Queue {
     /// [`CONTROL_QUEUE`]. Kept here rather than in a channel of its own: an
     /// empty `VecDeque` costs no allocation per idle connection.
     controls: VecDeque<Control>,
+    /// Volatile frames to send as datagrams: best effort, so a full queue
+    /// drops its oldest entry rather than closing the connection.
+    datagrams: VecDeque<Bytes>,
 }
+
+/// Datagrams queued per connection; an older one is dropped for a newer one
+/// beyond this (volatile publications are latest-wins).
+pub const DATAGRAM_QUEUE: usize = 32;
 
 /// Controls queued per connection before further ones are refused (the
 /// server API then reports fewer connections reached).
@@ -78,6 +86,48 @@ pub struct Outbox {
     control_ready: Notify,
     cap: usize,
     encoding: Encoding,
+    /// The largest datagram the transport sends, if it sends any.
+    max_datagram: Option<usize>,
+    /// Unit framing (spec/11-compression.md), when the client asked for it.
+    units: Option<Units>,
+}
+
+/// How a connection with unit framing seals its frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Units {
+    /// The negotiated codec (identity included).
+    pub codec: Codec,
+    /// Batches below this many bytes stay uncompressed.
+    pub min_size: usize,
+    /// Compression levels.
+    pub levels: Levels,
+}
+
+/// What the bytes queued for a connection look like: its encoding, and its
+/// unit codec when it uses unit framing. Connections with the same framing
+/// get the same bytes for a publication.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Framing {
+    /// The frame encoding.
+    pub encoding: Encoding,
+    /// The unit codec, `None` without unit framing.
+    pub codec: Option<Codec>,
+}
+
+impl Framing {
+    /// Distinct framings: 2 encodings × (no units, or one of 3 codecs).
+    pub const COUNT: usize = 8;
+
+    /// A dense index below [`Framing::COUNT`].
+    pub fn index(self) -> usize {
+        let codec = match self.codec {
+            None => 0,
+            Some(Codec::Identity) => 1,
+            Some(Codec::DeflateRaw) => 2,
+            Some(Codec::Zstd) => 3,
+        };
+        self.encoding as usize * 4 + codec
+    }
 }
 
 impl Outbox {
@@ -90,7 +140,75 @@ impl Outbox {
             control_ready: Notify::new(),
             cap,
             encoding,
+            max_datagram: None,
+            units: None,
         }
+    }
+
+    /// Makes the connection use unit framing: every frame queued here is
+    /// sealed in a unit (compressed when worth it).
+    pub fn with_units(mut self, units: Units) -> Self {
+        self.units = Some(units);
+        self
+    }
+
+    /// The connection's framing.
+    pub fn framing(&self) -> Framing {
+        Framing {
+            encoding: self.encoding,
+            codec: self.units.map(|u| u.codec),
+        }
+    }
+
+    /// Wraps an encoded frame (or batch) as this connection sends it: as is,
+    /// or sealed in a unit. The second value tells whether it compressed.
+    pub fn seal(&self, encoded: Bytes) -> (Bytes, bool) {
+        match self.units {
+            None => (encoded, false),
+            Some(units) => {
+                let mut out = bytes::BytesMut::new();
+                let used = unit::seal_into(
+                    units.codec,
+                    &encoded,
+                    units.min_size,
+                    units.levels,
+                    &mut out,
+                );
+                (out.freeze(), used != Codec::Identity)
+            }
+        }
+    }
+
+    fn encode(&self, frame: &ServerFrame) -> Bytes {
+        self.seal(codec::encode(frame, self.encoding)).0
+    }
+
+    /// Lets the queue carry datagrams of at most `max` bytes.
+    pub fn with_datagrams(mut self, max: usize) -> Self {
+        self.max_datagram = Some(max);
+        self
+    }
+
+    /// Queues a volatile frame as a datagram if the transport sends
+    /// datagrams and it fits; otherwise as an ordinary frame.
+    pub fn push_volatile(&self, frame: Bytes) -> Result<(), PushError> {
+        if self.max_datagram.is_none_or(|max| frame.len() > max) {
+            return self.push(frame);
+        }
+        let mut queue = self.lock();
+        if queue.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if queue.datagrams.len() == DATAGRAM_QUEUE {
+            queue.datagrams.pop_front();
+        }
+        queue.datagrams.push_back(frame);
+        let first = queue.datagrams.len() == 1 && queue.frames.is_empty();
+        drop(queue);
+        if first {
+            self.ready.notify_one();
+        }
+        Ok(())
     }
 
     /// The most bytes this queue holds before the connection is slow.
@@ -136,7 +254,7 @@ impl Outbox {
 
     /// Encodes and queues a frame.
     pub fn push_frame(&self, frame: &ServerFrame) -> Result<(), PushError> {
-        self.push(codec::encode(frame, self.encoding))
+        self.push(self.encode(frame))
     }
 
     /// Starts closing: frames already queued are still sent, then a
@@ -168,9 +286,7 @@ impl Outbox {
                 reconnect: close.code.reconnect(),
             })),
         };
-        queue
-            .frames
-            .push_back(codec::encode(&disconnect, self.encoding));
+        queue.frames.push_back(self.encode(&disconnect));
         queue.close = Some(close);
     }
 
@@ -188,9 +304,25 @@ impl Outbox {
     /// into `out`. Returns the close once the queue is drained and closing:
     /// after it, nothing more will come.
     pub async fn next_batch(&self, out: &mut Vec<Bytes>) -> Option<Close> {
+        let mut datagrams = Vec::new();
+        let close = self.next_output(out, &mut datagrams).await;
+        // Only outboxes made `with_datagrams` hold any.
+        debug_assert!(datagrams.is_empty());
+        close
+    }
+
+    /// Like [`Outbox::next_batch`], also moving queued datagrams into
+    /// `datagrams`. Returns the close with the last frames (the `disconnect`
+    /// push) once closing: after it, nothing more will come.
+    pub async fn next_output(
+        &self,
+        out: &mut Vec<Bytes>,
+        datagrams: &mut Vec<Bytes>,
+    ) -> Option<Close> {
         loop {
             {
                 let mut queue = self.lock();
+                datagrams.extend(queue.datagrams.drain(..));
                 if !queue.frames.is_empty() {
                     out.extend(queue.frames.drain(..));
                     queue.bytes = 0;
@@ -202,6 +334,9 @@ impl Outbox {
                 }
                 if let Some(close) = &queue.close {
                     return Some(close.clone());
+                }
+                if !datagrams.is_empty() {
+                    return None;
                 }
             }
             // A push between the check and here left a permit: no lost wakeup.

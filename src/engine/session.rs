@@ -12,6 +12,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
@@ -21,7 +22,7 @@ use super::outbox::{Close, Outbox};
 use super::room::RoomName;
 use crate::auth::{AuthError, Credentials, RoomPattern};
 use crate::broker::{BrokerError, HistoryQuery, PublishOptions, StreamOptions, TicketGrant};
-use crate::codec::{self, DecodeLimits};
+use crate::codec::{self, DecodeLimits, unit};
 use crate::codes::{CloseCode, ErrorCode, UnsubscribeCode};
 use crate::config::RoomOptions;
 use crate::metrics as m;
@@ -230,11 +231,32 @@ impl Session {
         }
     }
 
-    /// Handles one transport message: a batch of frames.
+    /// Handles one transport message: a batch of frames, or with unit
+    /// framing one or more units each holding a batch.
     pub async fn handle_message(&mut self, message: &[u8]) -> Result<(), Close> {
         m::bytes_in(message.len());
+        match self.outbox.framing().codec {
+            None => self.handle_batch(message).await,
+            Some(codec) => {
+                let message = Bytes::copy_from_slice(message);
+                let max = self.max_message_size();
+                for batch in unit::units(&message, codec, max) {
+                    let batch = batch.map_err(|e| {
+                        m::decode_error(e.kind());
+                        Close::new(e.close_code(), e.to_string())
+                    })?;
+                    self.handle_batch(&batch).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles one batch of delimited frames (a message's content, or a
+    /// unit's payload).
+    pub async fn handle_batch(&mut self, batch: &[u8]) -> Result<(), Close> {
         let frames: Vec<_> =
-            codec::decode_batch::<ClientFrame>(message, self.outbox.encoding(), &self.limits)
+            codec::decode_batch::<ClientFrame>(batch, self.outbox.encoding(), &self.limits)
                 .collect();
         for frame in frames {
             let frame = frame.map_err(|e| {
@@ -246,7 +268,20 @@ impl Session {
         Ok(())
     }
 
-    async fn handle_frame(&mut self, frame: ClientFrame) -> Result<(), Close> {
+    /// The most bytes a client message (or a unit's decompressed batch)
+    /// may hold.
+    pub fn max_message_size(&self) -> usize {
+        self.node.config.limits.max_message_size
+    }
+
+    /// The decoder limits of this session's connection.
+    pub fn decode_limits(&self) -> DecodeLimits {
+        self.limits
+    }
+
+    /// Handles one decoded frame (stream transports decode frames
+    /// themselves).
+    pub async fn handle_frame(&mut self, frame: ClientFrame) -> Result<(), Close> {
         let ClientFrame { id, command } = frame;
         if let Some(Command::Pong(_)) = command {
             if let Phase::Connected(c) = &mut self.phase {
@@ -384,7 +419,12 @@ impl Session {
                 .map_or(0, |s| u32::try_from(s).unwrap_or(u32::MAX).max(1)),
             ping_interval_ms: millis(limits.ping_interval),
             pong_timeout_ms: millis(limits.pong_timeout),
-            codec: "identity".into(),
+            codec: self
+                .outbox
+                .framing()
+                .codec
+                .map_or("identity", |c| c.name())
+                .into(),
         };
         Ok(Ok(Body::Connect(result)))
     }
@@ -447,14 +487,16 @@ impl Session {
         }
         let room_text = room.to_string();
         let result = self
-            .join_room(room, options.clone(), stream, None, move |r| ServerFrame {
-                id: 0,
-                body: Some(Body::Subscribed(Subscribed {
-                    room: room_text,
-                    epoch: r.epoch,
-                    offset: r.offset,
-                    recoverable: r.recoverable,
-                })),
+            .join_room(room, options.clone(), stream, None, false, move |r| {
+                ServerFrame {
+                    id: 0,
+                    body: Some(Body::Subscribed(Subscribed {
+                        room: room_text,
+                        epoch: r.epoch,
+                        offset: r.offset,
+                        recoverable: r.recoverable,
+                    })),
+                }
             })
             .await;
         if let Err(err) = result {
@@ -551,7 +593,8 @@ impl Session {
         }
         let (options, stream) = self.room_options(&room)?;
         self.may_read(&room, &options, &req.token)?;
-        self.join_room(room, options, stream, req.since, move |result| {
+        let delta = req.delta && options.delta;
+        self.join_room(room, options, stream, req.since, delta, move |result| {
             ServerFrame {
                 id,
                 body: Some(Body::Subscribe(result)),
@@ -570,12 +613,13 @@ impl Session {
         options: RoomOptions,
         stream: StreamOptions,
         since: Option<crate::wire::v1::StreamPosition>,
+        delta: bool,
         reply: impl FnOnce(SubscribeResult) -> ServerFrame,
     ) -> Result<(), Error> {
         let node = self.node.clone();
-        let (members, _) = node
-            .hub
-            .add_pending(room.as_arc(), &self.id, self.outbox.clone());
+        let (members, _) =
+            node.hub
+                .add_pending(room.as_arc(), &self.id, self.outbox.clone(), delta);
         if options.max_members > 0 && members > options.max_members {
             node.hub.remove(room.as_str(), &self.id);
             return Err(error(ErrorCode::ROOM_FULL, format!("{room} is full")));
@@ -760,6 +804,7 @@ impl Session {
             info: Some(c.info.clone()),
             tags: req.tags,
             time: i64::try_from(self.node.unix_time().as_millis()).unwrap_or(i64::MAX),
+            delta: false,
         };
         let options = PublishOptions {
             exclude: req.exclude_self.then_some(&*self.id),

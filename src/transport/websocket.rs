@@ -33,6 +33,8 @@ pub struct ConnectQuery {
     format: Option<String>,
     /// A token, for apps that cannot send one in `connect`.
     token: Option<String>,
+    /// Codecs for unit framing, most preferred first (spec/11-compression.md).
+    codecs: Option<String>,
 }
 
 /// The body of a refused upgrade: says exactly what to offer.
@@ -54,8 +56,23 @@ fn refuse(status: StatusCode, body: String) -> Response {
 
 /// Whether a browser `Origin` may open a socket (CSWSH protection).
 fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        // Not a browser: nothing to protect against.
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    origin_allowed_str(config, text(header::ORIGIN), text(header::HOST))
+}
+
+/// Whether a browser `Origin` may open a session: listed in
+/// `allowed_origins`, or the same origin as the `host` the page used.
+/// Without an `Origin` the peer is not a browser: nothing to protect.
+pub(crate) fn origin_allowed_str(
+    config: &Config,
+    origin: Option<&str>,
+    host: Option<&str>,
+) -> bool {
+    let Some(origin) = origin else {
         return true;
     };
     if config
@@ -67,10 +84,7 @@ fn origin_allowed(config: &Config, headers: &HeaderMap) -> bool {
     }
     // Same origin: the Origin's authority equals the Host the page used.
     let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-    headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .is_some_and(|host| host.eq_ignore_ascii_case(authority))
+    host.is_some_and(|host| host.eq_ignore_ascii_case(authority))
 }
 
 /// The handler of the WebSocket path.
@@ -112,6 +126,10 @@ pub async fn upgrade(
             return refuse(StatusCode::BAD_REQUEST, unsupported_subprotocol_body());
         }
     };
+    let codec = match super::negotiate_codec(config, query.codecs.as_deref()) {
+        Ok(codec) => codec,
+        Err(reason) => return refuse(StatusCode::BAD_REQUEST, format!("{reason}\n")),
+    };
     let limits = &config.limits;
     let url_token = if config.auth.allow_token_in_url {
         query.token
@@ -136,6 +154,8 @@ pub async fn upgrade(
                 OpenParams {
                     encoding,
                     url_token,
+                    datagrams: None,
+                    codec,
                 },
             )
         })
@@ -155,8 +175,9 @@ async fn serve(node: Arc<Node>, socket: WebSocket, params: OpenParams) {
     };
     let outbox = session.outbox().clone();
     let max_message = node.config().limits.max_message_size;
-    let reader = read_loop(&mut session, stream, encoding);
-    let writer = write_loop(&mut sink, &outbox, encoding, max_message);
+    let units = outbox.framing().codec.is_some();
+    let reader = read_loop(&mut session, stream, encoding, units);
+    let writer = write_loop(&mut sink, &outbox, encoding, units, max_message);
     let ((), close) = tokio::join!(reader, writer);
     m::disconnected(close.code);
     tracing::debug!(client = session.id(), code = %close.code, reason = %close.reason, "connection closed");
@@ -167,21 +188,22 @@ async fn read_loop(
     session: &mut crate::engine::Session,
     mut stream: SplitStream<WebSocket>,
     encoding: Encoding,
+    units: bool,
 ) {
     let outbox = session.outbox().clone();
     loop {
         let deadline = session.deadline();
         let outcome = tokio::select! {
             message = stream.next() => match message {
-                Some(Ok(Message::Text(text))) if encoding == Encoding::Json => {
+                Some(Ok(Message::Text(text))) if encoding == Encoding::Json && !units => {
                     session.handle_message(text.as_bytes()).await
                 }
-                Some(Ok(Message::Binary(bytes))) if encoding == Encoding::Protobuf => {
+                Some(Ok(Message::Binary(bytes))) if encoding == Encoding::Protobuf || units => {
                     session.handle_message(&bytes).await
                 }
                 Some(Ok(Message::Text(_) | Message::Binary(_))) => Err(Close::new(
                     CloseCode::BAD_REQUEST,
-                    format!("{} connections send {} messages", encoding.name(), if encoding.is_text() { "text" } else { "binary" }),
+                    format!("{} connections send {} messages", encoding.name(), if encoding.is_text() && !units { "text" } else { "binary (units)" }),
                 )),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => Ok(()),
                 Some(Ok(Message::Close(_))) | None => {
@@ -241,6 +263,7 @@ async fn write_loop(
     sink: &mut SplitSink<WebSocket, Message>,
     outbox: &Outbox,
     encoding: Encoding,
+    units: bool,
     max_message: usize,
 ) -> Close {
     let mut frames: Vec<Bytes> = Vec::new();
@@ -252,7 +275,8 @@ async fn write_loop(
             let _ = tokio::time::timeout(CLOSE_GRACE, send).await;
             return close;
         }
-        let sending = send_batch(sink, &frames, encoding, max_message);
+        let text = encoding.is_text() && !units;
+        let sending = send_batch(sink, &frames, text, max_message);
         let gave_up = async {
             // Once the connection is closing, a peer that does not read gets
             // a short grace, then the connection is dropped.
@@ -274,7 +298,7 @@ async fn write_loop(
 async fn send_batch(
     sink: &mut SplitSink<WebSocket, Message>,
     frames: &[Bytes],
-    encoding: Encoding,
+    text: bool,
     max_message: usize,
 ) -> Result<(), axum::Error> {
     let mut i = 0;
@@ -297,13 +321,14 @@ async fn send_batch(
             joined.freeze()
         };
         m::bytes_out(payload.len());
-        let message = match encoding {
-            Encoding::Json => match Utf8Bytes::try_from(payload) {
+        let message = if text {
+            match Utf8Bytes::try_from(payload) {
                 Ok(text) => Message::Text(text),
                 // Cannot happen: the JSON encoder writes UTF-8 only.
                 Err(_) => return Err(axum::Error::new("non-UTF-8 JSON frame")),
-            },
-            Encoding::Protobuf => Message::Binary(payload),
+            }
+        } else {
+            Message::Binary(payload)
         };
         sink.feed(message).await?;
         i = end;

@@ -709,10 +709,7 @@ fn engine_node() -> Arc<Node> {
 /// if the session refused it.
 async fn engine_connect(node: &Arc<Node>, ticket: &str) -> Result<(), switchboard::engine::Close> {
     let mut session = node
-        .open(OpenParams {
-            encoding: Encoding::Protobuf,
-            url_token: None,
-        })
+        .open(OpenParams::new(Encoding::Protobuf))
         .expect("open");
     let frame = ClientFrame {
         id: 1,

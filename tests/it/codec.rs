@@ -394,6 +394,24 @@ proptest! {
             }
             prop_assert_eq!(&streamed, &expected);
             prop_assert_eq!(decoder.buffered(), 0);
+
+            // Cut back into batches of whole frames (what a WebTransport
+            // client hands on): the bytes come out unchanged, at frame
+            // boundaries, and decode to the same frames.
+            let mut splitter = StreamDecoder::new(encoding, limits);
+            let (mut rejoined, mut batched) = (BytesMut::new(), Vec::new());
+            for pair in points.windows(2) {
+                splitter.push(&batch[pair[0]..pair[1]]);
+                while let Some(part) = splitter.next_delimited().unwrap() {
+                    rejoined.extend_from_slice(&part);
+                    for f in codec::decode_batch::<ServerFrame>(&part, encoding, &limits) {
+                        batched.push(f.unwrap());
+                    }
+                }
+            }
+            prop_assert_eq!(&rejoined[..], &batch[..]);
+            prop_assert_eq!(&batched, &expected);
+            prop_assert_eq!(splitter.buffered(), 0);
         }
     }
 

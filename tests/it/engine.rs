@@ -19,11 +19,8 @@ fn node(configure: impl FnOnce(&mut switchboard::config::Config)) -> Arc<Node> {
 }
 
 fn open(node: &Arc<Node>) -> Session {
-    node.open(OpenParams {
-        encoding: Encoding::Protobuf,
-        url_token: None,
-    })
-    .expect("open")
+    node.open(OpenParams::new(Encoding::Protobuf))
+        .expect("open")
 }
 
 async fn send(session: &mut Session, id: u32, command: Command) -> Result<(), Close> {

@@ -63,15 +63,19 @@ pub fn publication() -> impl Strategy<Value = Publication> {
         option::of(client_info()),
         tags(),
         any::<i64>(),
+        any::<bool>(),
     )
-        .prop_map(|(room, offset, data, info, tags, time)| Publication {
-            room,
-            offset,
-            data,
-            info,
-            tags,
-            time,
-        })
+        .prop_map(
+            |(room, offset, data, info, tags, time, delta)| Publication {
+                room,
+                offset,
+                data,
+                info,
+                tags,
+                time,
+                delta,
+            },
+        )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -85,9 +89,14 @@ fn command() -> impl Strategy<Value = Command> {
                 codecs
             })
         ),
-        (text(), position(), text()).prop_map(|(room, since, token)| Command::Subscribe(
-            SubscribeRequest { room, since, token }
-        )),
+        (text(), position(), text(), any::<bool>()).prop_map(|(room, since, token, delta)| {
+            Command::Subscribe(SubscribeRequest {
+                room,
+                since,
+                token,
+                delta,
+            })
+        }),
         text().prop_map(|room| Command::Unsubscribe(UnsubscribeRequest { room })),
         (text(), payload(), tags(), any::<bool>()).prop_map(|(room, data, tags, exclude_self)| {
             Command::Publish(PublishRequest {
