@@ -21,6 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
 use crate::codec::Encoding;
+use crate::codec::unit::MAX_UNITS_PER_MESSAGE;
 use crate::codes::CloseCode;
 use crate::config::Config;
 use crate::engine::{Close, Node, OpenParams, Outbox};
@@ -307,7 +308,12 @@ async fn send_batch(
         // are joined into one message.
         let mut end = i + 1;
         let mut size = frames[i].len();
-        while end < frames.len() && size + frames[end].len() <= max_message {
+        // At most 100 frames (or units) per message (spec/02-framing.md,
+        // spec/11-compression.md): receivers reject more units than that.
+        while end < frames.len()
+            && end - i < MAX_UNITS_PER_MESSAGE
+            && size + frames[end].len() <= max_message
+        {
             size += frames[end].len();
             end += 1;
         }

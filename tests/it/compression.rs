@@ -493,3 +493,33 @@ async fn delta_subscribers_see_full_values_across_cuts() {
         assert_eq!(payloads(client, sent.len()).await, sent, "client {i}");
     }
 }
+
+#[tokio::test]
+async fn bursts_of_small_publications_fit_the_unit_limit() {
+    // Many small publications queue up between two writes: the writer must
+    // cut them into messages of at most 100 units, which receivers accept.
+    let server = support::start(config()).await;
+    let connector = WebSocketConnector {
+        codec: Some(Codec::DeflateRaw),
+        ..WebSocketConnector::new(support::ws_url(&server), Encoding::Protobuf)
+    };
+    let mut client = Client::start(Arc::new(connector), client_config("burst"));
+    client.subscribe("doc:burst").await.unwrap();
+    subscribed(&mut client).await;
+    let mut sent = Vec::new();
+    for n in 0..600 {
+        let data = format!("{{\"n\":{n}}}");
+        server
+            .node()
+            .publish(
+                "doc:burst",
+                Bytes::from(data.clone()),
+                Default::default(),
+                "",
+            )
+            .await
+            .unwrap();
+        sent.push(data);
+    }
+    assert_eq!(payloads(&mut client, sent.len()).await, sent);
+}
