@@ -7,6 +7,13 @@
 //! client must: split a message into frames and read the timestamp; a frame
 //! without one (a heartbeat) is decoded with the library codec and
 //! answered. `--full-decode` decodes every frame instead.
+//!
+//! Subscribers speak WebSocket or WebTransport ([`Transport`]); the
+//! publisher always speaks WebSocket. A WebTransport subscriber reads the
+//! chunks of its one stream, cuts them into batches of whole frames
+//! ([`StreamDecoder::next_delimited`]) and handles them as a WebSocket
+//! message, and handles each datagram (one frame) the same way. Its QUIC
+//! connections share a few client endpoints (UDP sockets), not one each.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,7 +32,10 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
-use crate::codec::{self, DecodeLimits, Encoding};
+use wtransport::endpoint::endpoint_side;
+use wtransport::{Connection, RecvStream, SendStream, VarInt};
+
+use crate::codec::{self, DecodeLimits, Encoding, StreamDecoder};
 use crate::wire::v1::client_frame::Command;
 use crate::wire::v1::server_frame::Body;
 use crate::wire::v1::{
@@ -49,6 +59,37 @@ impl Dialect {
         match self {
             Dialect::Switchboard(encoding) => encoding.name(),
             Dialect::Broadcast => "raw",
+        }
+    }
+}
+
+/// The transport subscribers use (the publisher always uses WebSocket).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebSocket over TCP.
+    #[value(name = "websocket", alias = "ws")]
+    WebSocket,
+    /// WebTransport (HTTP/3 over QUIC): one bidirectional stream, and QUIC
+    /// datagrams for volatile rooms.
+    #[value(name = "webtransport", alias = "wt")]
+    WebTransport,
+}
+
+impl Transport {
+    /// `websocket` or `webtransport`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::WebTransport => "webtransport",
+        }
+    }
+
+    /// `ws` or `wt`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "ws",
+            Transport::WebTransport => "wt",
         }
     }
 }
@@ -86,6 +127,85 @@ pub struct Endpoint {
     pub source_addrs: u8,
     /// Decode every frame with the library codec.
     pub full_decode: bool,
+    /// The server's WebTransport endpoint, when it serves one.
+    pub webtransport: Option<Arc<WebTransportTarget>>,
+}
+
+/// Where WebTransport subscribers connect, and the client endpoints they share.
+pub struct WebTransportTarget {
+    /// `https://127.0.0.1:<port>/connection/webtransport` (the `format` query is added).
+    pub url: String,
+    /// Client endpoints (one UDP socket each); connection `i` uses `i % len`.
+    clients: Vec<wtransport::Endpoint<endpoint_side::Client>>,
+    /// The receive buffer the kernel granted each client socket, in bytes.
+    pub recv_buffer: Option<usize>,
+    /// The server's UDP port.
+    pub server_port: u16,
+}
+
+impl std::fmt::Debug for WebTransportTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebTransportTarget")
+            .field("url", &self.url)
+            .field("clients", &self.clients.len())
+            .finish()
+    }
+}
+
+/// Client endpoints (UDP sockets) WebTransport subscribers are spread over:
+/// a few, so that receiving is not one task's job, and far fewer sockets
+/// than connections.
+pub const WT_CLIENT_ENDPOINTS: usize = 4;
+/// Socket buffers of the client endpoints (the kernel caps them at
+/// `net.core.rmem_max` / `wmem_max`): a publication reaches every subscriber
+/// of a socket in one burst of packets.
+const WT_SOCKET_BUFFER: usize = 4 << 20;
+
+impl WebTransportTarget {
+    /// Client endpoints bound on `source` (loopback) trusting the
+    /// self-signed certificate with this SHA-256 hash.
+    pub fn new(url: String, sha256: [u8; 32], source: std::net::IpAddr) -> Result<Self, String> {
+        let mut recv_buffer = None;
+        let clients = (0..WT_CLIENT_ENDPOINTS)
+            .map(|_| {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(source, 0))
+                    .map_err(|e| format!("cannot bind a UDP socket on {source}: {e}"))?;
+                socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let state = wtransport::quinn::udp::UdpSocketState::new((&socket).into())
+                    .map_err(|e| e.to_string())?;
+                // Best effort: the kernel caps them.
+                let _ = state.set_recv_buffer_size((&socket).into(), WT_SOCKET_BUFFER);
+                let _ = state.set_send_buffer_size((&socket).into(), WT_SOCKET_BUFFER);
+                recv_buffer = state.recv_buffer_size((&socket).into()).ok();
+                let config = wtransport::ClientConfig::builder()
+                    .with_bind_socket(socket)
+                    .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(sha256)])
+                    .build();
+                wtransport::Endpoint::client(config)
+                    .map_err(|e| format!("cannot start a WebTransport client endpoint: {e}"))
+            })
+            .collect::<Result<_, String>>()?;
+        let server_port = url
+            .parse::<tokio_tungstenite::tungstenite::http::Uri>()
+            .ok()
+            .and_then(|uri| uri.port_u16())
+            .ok_or_else(|| format!("{url}: no port"))?;
+        Ok(Self {
+            url,
+            clients,
+            recv_buffer,
+            server_port,
+        })
+    }
+
+    /// UDP ports of the client endpoints.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.clients
+            .iter()
+            .filter_map(|c| c.local_addr().ok())
+            .map(|a| a.port())
+            .collect()
+    }
 }
 
 /// Frames the generator accepts from a server: generous, it trusts it.
@@ -159,6 +279,27 @@ fn split_frames(message: &[u8], encoding: Encoding, mut each: impl FnMut(&[u8]))
     }
 }
 
+/// How many bytes at the start of a piece of a stream hold whole frames.
+fn whole_frames(bytes: &[u8], encoding: Encoding) -> usize {
+    match encoding {
+        Encoding::Json => memchr::memrchr(b'\n', bytes).map_or(0, |at| at + 1),
+        Encoding::Protobuf => {
+            let mut used = 0;
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                let mut body = rest;
+                let Ok(len) = prost::decode_length_delimiter(&mut body) else {
+                    break;
+                };
+                let Some(next) = body.get(len..) else { break };
+                used += rest.len() - next.len();
+                rest = next;
+            }
+            used
+        }
+    }
+}
+
 fn ws_message(bytes: Bytes, encoding: Encoding) -> Result<Message, String> {
     match encoding {
         // The JSON encoder writes UTF-8 only; an error here is a codec bug.
@@ -169,27 +310,34 @@ fn ws_message(bytes: Bytes, encoding: Encoding) -> Result<Message, String> {
     }
 }
 
-fn pong(encoding: Encoding) -> Result<Message, String> {
-    ws_message(
-        codec::encode(
-            &ClientFrame {
-                id: 0,
-                command: Some(Command::Pong(Pong {})),
-            },
-            encoding,
-        ),
+fn pong_bytes(encoding: Encoding) -> Bytes {
+    codec::encode(
+        &ClientFrame {
+            id: 0,
+            command: Some(Command::Pong(Pong {})),
+        },
         encoding,
     )
+}
+
+fn pong(encoding: Encoding) -> Result<Message, String> {
+    ws_message(pong_bytes(encoding), encoding)
 }
 
 /// Counters shared by every connection of a run.
 pub struct Stats {
     delivered: AtomicU64,
+    /// Publications of those that arrived in QUIC datagrams.
+    datagrams: AtomicU64,
     lost: AtomicU64,
     /// The publisher wants [`Stats::progress`] once `delivered` reaches this.
     wake_at: AtomicU64,
     progress: Notify,
     recording: AtomicBool,
+    /// While recording, publications sent before this ([`now_ns`]) are not recorded.
+    since: AtomicU64,
+    /// Deliveries recorded.
+    recorded: AtomicU64,
     latency: Box<[Mutex<Histogram<u64>>]>,
 }
 
@@ -203,10 +351,13 @@ impl Stats {
             .map_err(|e| e.to_string())?;
         Ok(Self {
             delivered: AtomicU64::new(0),
+            datagrams: AtomicU64::new(0),
             lost: AtomicU64::new(0),
             wake_at: AtomicU64::new(u64::MAX),
             progress: Notify::new(),
             recording: AtomicBool::new(false),
+            since: AtomicU64::new(0),
+            recorded: AtomicU64::new(0),
             latency,
         })
     }
@@ -214,6 +365,11 @@ impl Stats {
     /// Publications received by all subscribers so far.
     pub fn delivered(&self) -> u64 {
         self.delivered.load(Ordering::Acquire)
+    }
+
+    /// Publications received in QUIC datagrams so far (counted in `delivered` too).
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams.load(Ordering::Acquire)
     }
 
     /// Subscriber connections the server closed.
@@ -232,21 +388,35 @@ impl Stats {
         }
         if self.recording.load(Ordering::Acquire) {
             let now = now_ns();
+            let since = self.since.load(Ordering::Acquire);
             let mut histogram = self.latency[shard % SHARDS]
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            stamps
-                .iter()
-                .for_each(|&t| histogram.saturating_record(now.saturating_sub(t)));
+            let mut recorded = 0;
+            for &t in stamps.iter().filter(|&&t| t >= since) {
+                histogram.saturating_record(now.saturating_sub(t));
+                recorded += 1;
+            }
+            drop(histogram);
+            self.recorded.fetch_add(recorded, Ordering::AcqRel);
         }
     }
 
-    /// Clears the latency histograms and starts recording.
+    /// Clears the latency histograms and starts recording the deliveries
+    /// of publications sent from now on (late ones of an earlier phase are
+    /// not counted).
     pub fn start_recording(&self) {
         self.latency
             .iter()
             .for_each(|h| h.lock().unwrap_or_else(PoisonError::into_inner).reset());
+        self.recorded.store(0, Ordering::Release);
+        self.since.store(now_ns(), Ordering::Release);
         self.recording.store(true, Ordering::Release);
+    }
+
+    /// Deliveries recorded since [`Stats::start_recording`].
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Acquire)
     }
 
     /// Stops recording; returns the latencies (ns) recorded since the start.
@@ -262,6 +432,70 @@ impl Stats {
             let _ = all.add(&*shard.lock().unwrap_or_else(PoisonError::into_inner));
         }
         all
+    }
+}
+
+/// The batch a Switchboard connection starts with (`connect`, and
+/// `subscribe` for a subscriber) and the id of the reply that completes it;
+/// `None` when the stage needs no command.
+fn hello(
+    endpoint: &Endpoint,
+    encoding: Encoding,
+    index: usize,
+    role: Role,
+) -> Result<Option<(Bytes, u32)>, String> {
+    let (publisher, stage) = match role {
+        Role::Publisher => (true, Stage::Connect),
+        Role::Subscriber(stage) => (false, stage),
+    };
+    if stage == Stage::Upgrade {
+        return Ok(None);
+    }
+    let user = format!("bench-{}{index}", if publisher { "pub-" } else { "" });
+    let rooms = [endpoint.room.clone()];
+    let (subscribe, publish): (&[String], &[String]) = if publisher {
+        (&[], &rooms)
+    } else {
+        (&rooms, &[])
+    };
+    let token = crate::auth::mint_hs256(&endpoint.secret, &user, None, subscribe, publish, None)
+        .map_err(|e| format!("minting a token: {e}"))?;
+    let mut batch = BytesMut::new();
+    let connect = Command::Connect(ConnectRequest {
+        token,
+        ..Default::default()
+    });
+    codec::encode_into(
+        &ClientFrame {
+            id: 1,
+            command: Some(connect),
+        },
+        encoding,
+        &mut batch,
+    );
+    if stage == Stage::Subscribe {
+        let subscribe = Command::Subscribe(SubscribeRequest {
+            room: endpoint.room.clone(),
+            ..Default::default()
+        });
+        codec::encode_into(
+            &ClientFrame {
+                id: 2,
+                command: Some(subscribe),
+            },
+            encoding,
+            &mut batch,
+        );
+    }
+    let last = if stage == Stage::Subscribe { 2 } else { 1 };
+    Ok(Some((batch.freeze(), last)))
+}
+
+/// Whether `frame` is the reply with id `last` (an error reply fails).
+fn is_last_reply(frame: &ServerFrame, last: u32) -> Result<bool, String> {
+    match &frame.body {
+        Some(Body::Error(err)) => Err(format!("command {} refused: {}", frame.id, err.message)),
+        _ => Ok(frame.id == last),
     }
 }
 
@@ -304,56 +538,15 @@ async fn open(
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(request, stream, Some(config))
         .await
         .map_err(|e| format!("WebSocket handshake: {e}"))?;
-    let (publisher, stage) = match role {
-        Role::Publisher => (true, Stage::Connect),
-        Role::Subscriber(stage) => (false, stage),
-    };
     let Dialect::Switchboard(encoding) = dialect else {
         return Ok(ws);
     };
-    if stage == Stage::Upgrade {
+    let Some((batch, last)) = hello(endpoint, encoding, index, role)? else {
         return Ok(ws);
-    }
-    let user = format!("bench-{}{index}", if publisher { "pub-" } else { "" });
-    let rooms = [endpoint.room.clone()];
-    let (subscribe, publish): (&[String], &[String]) = if publisher {
-        (&[], &rooms)
-    } else {
-        (&rooms, &[])
     };
-    let token = crate::auth::mint_hs256(&endpoint.secret, &user, None, subscribe, publish, None)
-        .map_err(|e| format!("minting a token: {e}"))?;
-    let mut batch = BytesMut::new();
-    let connect = Command::Connect(ConnectRequest {
-        token,
-        ..Default::default()
-    });
-    codec::encode_into(
-        &ClientFrame {
-            id: 1,
-            command: Some(connect),
-        },
-        encoding,
-        &mut batch,
-    );
-    if stage == Stage::Subscribe {
-        let subscribe = Command::Subscribe(SubscribeRequest {
-            room: endpoint.room.clone(),
-            ..Default::default()
-        });
-        codec::encode_into(
-            &ClientFrame {
-                id: 2,
-                command: Some(subscribe),
-            },
-            encoding,
-            &mut batch,
-        );
-    }
-    ws.send(ws_message(batch.freeze(), encoding)?)
+    ws.send(ws_message(batch, encoding)?)
         .await
         .map_err(|e| e.to_string())?;
-    let last = if stage == Stage::Subscribe { 2 } else { 1 };
     loop {
         let bytes = match ws.next().await {
             Some(Ok(Message::Text(text))) => Bytes::from(text),
@@ -367,33 +560,146 @@ async fn open(
         };
         for frame in codec::decode_batch::<ServerFrame>(&bytes, encoding, &LIMITS) {
             let frame = frame.map_err(|e| format!("undecodable reply: {e}"))?;
-            match frame.body {
-                Some(Body::Error(err)) => {
-                    return Err(format!("command {} refused: {}", frame.id, err.message));
-                }
-                _ if frame.id == last => return Ok(ws),
-                _ => {}
+            if is_last_reply(&frame, last)? {
+                return Ok(ws);
             }
         }
     }
 }
 
-/// Subscriber connections, opened and closed in bulk. Subscriber `i` binds
-/// source address `i % source_addrs`.
+/// Largest chunk a WebTransport subscriber reads from its stream at once.
+const WT_READ_CHUNK: usize = 64 * 1024;
+
+/// A WebTransport session: the QUIC connection (datagrams), its one
+/// bidirectional stream, and the bytes of the stream not yet cut into frames.
+struct WtSession {
+    connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    decoder: StreamDecoder,
+}
+
+/// Opens a WebTransport session over client endpoint `index % endpoints`,
+/// opens its stream and takes it as far as `stage`.
+async fn open_webtransport(
+    endpoint: &Endpoint,
+    encoding: Encoding,
+    index: usize,
+    stage: Stage,
+) -> Result<WtSession, String> {
+    let target = endpoint
+        .webtransport
+        .as_deref()
+        .ok_or("the server has no WebTransport endpoint")?;
+    let client = &target.clients[index % target.clients.len()];
+    let url = format!("{}?format={}", target.url, encoding.name());
+    let connection = client
+        .connect(url)
+        .await
+        .map_err(|e| format!("WebTransport session: {e}"))?;
+    let (send, recv) = connection
+        .open_bi()
+        .await
+        .map_err(|e| format!("opening the stream: {e}"))?
+        .await
+        .map_err(|e| format!("opening the stream: {e}"))?;
+    let mut session = WtSession {
+        connection,
+        send,
+        recv,
+        decoder: StreamDecoder::new(encoding, LIMITS),
+    };
+    let Some((batch, last)) = hello(endpoint, encoding, index, Role::Subscriber(stage))? else {
+        return Ok(session);
+    };
+    session
+        .send
+        .write_all(&batch)
+        .await
+        .map_err(|e| format!("writing on the stream: {e}"))?;
+    loop {
+        match session.decoder.next_frame::<ServerFrame>() {
+            Ok(Some(frame)) => {
+                if is_last_reply(&frame, last)? {
+                    return Ok(session);
+                }
+            }
+            Ok(None) => {
+                let chunk = session
+                    .recv
+                    .quic_stream_mut()
+                    .read_chunk(WT_READ_CHUNK, true)
+                    .await
+                    .map_err(|e| format!("reading the stream: {e}"))?
+                    .ok_or("stream finished by the server")?;
+                session.decoder.push(&chunk.bytes);
+            }
+            Err(err) => return Err(format!("undecodable reply: {err}")),
+        }
+    }
+}
+
+/// The payload of an HTTP datagram (RFC 9297): what follows the quarter
+/// stream id (a QUIC varint) of the session.
+fn http_datagram_payload(datagram: &[u8]) -> Option<&[u8]> {
+    let len = 1 << (datagram.first()? >> 6);
+    datagram.get(len..)
+}
+
+/// An open subscriber connection, over either transport.
+enum Conn {
+    WebSocket(Box<Socket>),
+    WebTransport(Box<WtSession>),
+}
+
+/// Opens a subscriber over `transport`.
+async fn open_subscriber(
+    endpoint: &Endpoint,
+    dialect: Dialect,
+    transport: Transport,
+    index: usize,
+    stage: Stage,
+) -> Result<Conn, String> {
+    match (transport, dialect) {
+        (Transport::WebSocket, _) => open(endpoint, dialect, index, Role::Subscriber(stage))
+            .await
+            .map(|ws| Conn::WebSocket(Box::new(ws))),
+        (Transport::WebTransport, Dialect::Switchboard(encoding)) => {
+            open_webtransport(endpoint, encoding, index, stage)
+                .await
+                .map(|wt| Conn::WebTransport(Box::new(wt)))
+        }
+        (Transport::WebTransport, Dialect::Broadcast) => {
+            Err("the broadcast baseline speaks WebSocket only".into())
+        }
+    }
+}
+
+/// Subscriber connections, opened and closed in bulk. WebSocket subscriber
+/// `i` binds source address `i % source_addrs`; WebTransport subscriber `i`
+/// uses client endpoint `i % WT_CLIENT_ENDPOINTS`.
 pub struct Pool {
     endpoint: Arc<Endpoint>,
     dialect: Dialect,
+    transport: Transport,
     stage: Stage,
     stats: Arc<Stats>,
     conns: Vec<(oneshot::Sender<()>, JoinHandle<()>)>,
 }
 
 impl Pool {
-    /// An empty pool whose connections go as far as `stage`.
-    pub fn new(endpoint: Arc<Endpoint>, dialect: Dialect, stage: Stage, stats: Arc<Stats>) -> Self {
+    /// An empty pool whose connections use `transport` and go as far as `stage`.
+    pub fn new(
+        endpoint: Arc<Endpoint>,
+        dialect: Dialect,
+        transport: Transport,
+        stage: Stage,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             endpoint,
             dialect,
+            transport,
             stage,
             stats,
             conns: Vec::new(),
@@ -416,40 +722,42 @@ impl Pool {
             .await;
             return Ok(());
         }
-        let (endpoint, dialect, stage) = (&*self.endpoint, self.dialect, self.stage);
+        let (endpoint, dialect, transport, stage) =
+            (&*self.endpoint, self.dialect, self.transport, self.stage);
         let mut opening = futures_util::stream::iter(self.conns.len()..n)
             .map(|i| async move {
                 match tokio::time::timeout(
                     OPEN_TIMEOUT,
-                    open(endpoint, dialect, i, Role::Subscriber(stage)),
+                    open_subscriber(endpoint, dialect, transport, i, stage),
                 )
                 .await
                 {
-                    Ok(Ok(ws)) => Ok((i, ws)),
-                    Ok(Err(err)) => Err(format!("subscriber {i}: {err}")),
-                    Err(_) => Err(format!("subscriber {i}: not ready within {OPEN_TIMEOUT:?}")),
+                    Ok(Ok(conn)) => Ok((i, conn)),
+                    Ok(Err(err)) => Err(format!("{} subscriber {i}: {err}", transport.name())),
+                    Err(_) => Err(format!(
+                        "{} subscriber {i}: not ready within {OPEN_TIMEOUT:?}",
+                        transport.name()
+                    )),
                 }
             })
             .buffer_unordered(OPEN_CONCURRENCY);
         while let Some(opened) = opening.next().await {
-            let (i, ws) = opened?;
+            let (i, conn) = opened?;
             let (stop, stopped) = oneshot::channel();
             let subscriber = Subscriber {
-                ws,
                 dialect,
                 stats: self.stats.clone(),
                 shard: i,
                 full: endpoint.full_decode,
             };
             self.conns
-                .push((stop, tokio::spawn(subscriber.run(stopped))));
+                .push((stop, tokio::spawn(subscriber.run(conn, stopped))));
         }
         Ok(())
     }
 }
 
 struct Subscriber {
-    ws: Socket,
     dialect: Dialect,
     stats: Arc<Stats>,
     shard: usize,
@@ -458,38 +766,116 @@ struct Subscriber {
 
 impl Subscriber {
     /// Receives until `stop` fires (or its sender drops) or the server closes.
-    async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    async fn run(self, conn: Conn, stop: oneshot::Receiver<()>) {
+        let stopped = match conn {
+            Conn::WebSocket(ws) => self.run_websocket(*ws, stop).await,
+            Conn::WebTransport(wt) => self.run_webtransport(*wt, stop).await,
+        };
+        if !stopped {
+            self.stats.lost.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Returns whether it stopped because it was told to.
+    async fn run_websocket(&self, mut ws: Socket, mut stop: oneshot::Receiver<()>) -> bool {
         let mut stamps = Vec::new();
         loop {
             let message = tokio::select! {
                 _ = &mut stop => {
-                    let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.close(None)).await;
-                    return;
+                    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(None)).await;
+                    return true;
                 }
-                message = self.ws.next() => message,
+                message = ws.next() => message,
             };
-            let reply = match message {
+            let pong_due = match message {
                 Some(Ok(Message::Text(text))) => self.handle(text.as_bytes(), &mut stamps),
                 Some(Ok(Message::Binary(bytes))) => self.handle(&bytes, &mut stamps),
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => None,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return false,
+                Some(Ok(_)) => false,
             };
-            if let Some(reply) = reply {
-                if self.ws.send(reply).await.is_err() {
-                    break;
+            if let (true, Dialect::Switchboard(encoding)) = (pong_due, self.dialect) {
+                let Ok(reply) = pong(encoding) else { continue };
+                if ws.send(reply).await.is_err() {
+                    return false;
                 }
             }
         }
-        self.stats.lost.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Counts the publications in a message; returns a pong to send, if due.
-    fn handle(&self, message: &[u8], stamps: &mut Vec<u64>) -> Option<Message> {
+    /// Returns whether it stopped because it was told to.
+    async fn run_webtransport(&self, wt: WtSession, mut stop: oneshot::Receiver<()>) -> bool {
+        let Dialect::Switchboard(encoding) = self.dialect else {
+            return false;
+        };
+        let WtSession {
+            connection,
+            mut send,
+            mut recv,
+            mut decoder,
+        } = wt;
+        // Datagrams are read from the QUIC connection, not through
+        // `Connection::receive_datagram`: wtransport 0.7 hands each one from
+        // its connection driver task through a channel of one, a full turn of
+        // the driver's loop (which polls every control stream) per datagram,
+        // which made the generator, not the server, the limit. The driver
+        // takes at most one datagram (during the warm-up) before its channel
+        // is full and it stops reading them.
+        let quic = connection.quic_connection().clone();
+        let mut stamps = Vec::new();
+        loop {
+            let pong_due = tokio::select! {
+                _ = &mut stop => {
+                    connection.close(VarInt::from_u32(1000), b"benchmark done");
+                    return true;
+                }
+                chunk = recv.quic_stream_mut().read_chunk(WT_READ_CHUNK, true) => {
+                    let Ok(Some(chunk)) = chunk else { return false };
+                    let mut pong_due = false;
+                    if decoder.buffered() == 0 {
+                        // Usually whole frames: handled in place, the rest kept.
+                        let whole = whole_frames(&chunk.bytes, encoding);
+                        if whole > 0 {
+                            pong_due = self.handle(&chunk.bytes[..whole], &mut stamps);
+                        }
+                        decoder.push(&chunk.bytes[whole..]);
+                    } else {
+                        decoder.push(&chunk.bytes);
+                        loop {
+                            match decoder.next_delimited() {
+                                Ok(Some(batch)) => pong_due |= self.handle(&batch, &mut stamps),
+                                Ok(None) => break,
+                                Err(_) => return false,
+                            }
+                        }
+                    }
+                    pong_due
+                }
+                datagram = quic.read_datagram() => {
+                    let Ok(datagram) = datagram else { return false };
+                    let Some(payload) = http_datagram_payload(&datagram) else {
+                        return false;
+                    };
+                    let pong_due = self.handle(payload, &mut stamps);
+                    self.stats
+                        .datagrams
+                        .fetch_add(stamps.len() as u64, Ordering::AcqRel);
+                    pong_due
+                }
+            };
+            if pong_due && send.write_all(&pong_bytes(encoding)).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Counts the publications in a batch of frames; returns whether a
+    /// heartbeat asks for a pong.
+    fn handle(&self, message: &[u8], stamps: &mut Vec<u64>) -> bool {
         stamps.clear();
         let Dialect::Switchboard(encoding) = self.dialect else {
             stamps.extend(timestamp(message));
             self.stats.deliver(self.shard, stamps);
-            return None;
+            return false;
         };
         let mut other = self.full;
         if !self.full {
@@ -498,20 +884,20 @@ impl Subscriber {
                 None => other = true,
             });
         }
-        let mut reply = None;
+        let mut pong_due = false;
         if other {
             for frame in
                 codec::decode_batch::<ServerFrame>(message, encoding, &LIMITS).map_while(Result::ok)
             {
                 match frame.body {
                     Some(Body::Publication(p)) if self.full => stamps.extend(timestamp(&p.data)),
-                    Some(Body::Heartbeat(_)) => reply = pong(encoding).ok(),
+                    Some(Body::Heartbeat(_)) => pong_due = true,
                     _ => {}
                 }
             }
         }
         self.stats.deliver(self.shard, stamps);
-        reply
+        pong_due
     }
 }
 
@@ -597,15 +983,23 @@ impl Publisher {
         result
     }
 
-    /// Reads replies until `stats` counts `delivered` or `limit` passes.
-    pub async fn settle(
-        &mut self,
-        stats: &Stats,
-        delivered: u64,
-        limit: Duration,
-    ) -> Result<(), String> {
+    /// Runs `work` (opening subscribers, a pause) while answering what the
+    /// server sends: a publisher that reads nothing for longer than the
+    /// server's pong timeout is disconnected.
+    pub async fn meanwhile<T>(&mut self, work: impl Future<Output = T>) -> Result<T, String> {
+        let mut work = std::pin::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                message = self.ws.next() => self.handle(message).await?,
+            }
+        }
+    }
+
+    /// Reads replies until `done` or `limit` passes.
+    pub async fn settle(&mut self, done: impl Fn() -> bool, limit: Duration) -> Result<(), String> {
         let end = tokio::time::Instant::now() + limit;
-        while stats.delivered() < delivered && tokio::time::Instant::now() < end {
+        while !done() && tokio::time::Instant::now() < end {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(5)) => {}
                 message = self.ws.next() => self.handle(message).await?,
@@ -711,11 +1105,25 @@ mod tests {
             }
             let mut found = Vec::new();
             split_frames(&batch, encoding, |f| found.push(timestamp(f)));
+            assert_eq!(whole_frames(&batch, encoding), batch.len());
+            let two =
+                codec::encode(&frame, encoding).len() + codec::encode(&heartbeat, encoding).len();
+            assert_eq!(whole_frames(&batch[..batch.len() - 1], encoding), two);
+            assert_eq!(whole_frames(&batch[..1], encoding), 0);
             assert_eq!(
                 found,
                 [Some(1_234_567), None, Some(1_234_567)],
                 "{encoding:?}"
             );
         }
+    }
+
+    #[test]
+    fn http_datagrams_lose_their_quarter_stream_id() {
+        assert_eq!(http_datagram_payload(&[0x01, b'x']), Some(&b"x"[..]));
+        assert_eq!(http_datagram_payload(&[0x40, 0x41, b'y']), Some(&b"y"[..]));
+        assert_eq!(http_datagram_payload(&[0x80, 0, 0, 1]), Some(&b""[..]));
+        assert_eq!(http_datagram_payload(&[0xc0, 0]), None);
+        assert_eq!(http_datagram_payload(&[]), None);
     }
 }

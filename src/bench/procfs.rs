@@ -94,6 +94,30 @@ fn clock_ticks() -> u64 {
     })
 }
 
+/// Datagrams the kernel dropped (receive buffer full) for the UDP sockets
+/// bound to `port` on any address, since they were opened (`drops` of
+/// `/proc/net/udp` and `udp6`).
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) {
+                let drops: u64 = fields.last()?.parse().ok()?;
+                *total.get_or_insert(0) += drops;
+            }
+        }
+    }
+    total
+}
+
 /// The soft limit on open files of this process (inherited by the servers it spawns).
 pub fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -228,6 +252,8 @@ mod tests {
         assert!(cpu_seconds(None).unwrap() >= 0.0);
         assert!((1..=10_000).contains(&clock_ticks()));
         assert!(open_files_limit().unwrap() > 0);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(udp_drops(socket.local_addr().unwrap().port()), Some(0));
         let ticks = machine_ticks().unwrap();
         assert!(ticks.processes <= ticks.busy && ticks.busy <= ticks.total);
         assert!(Machine::read().cpus >= 1);

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::Interval;
+use super::client::Transport;
 use super::procfs::Machine;
 
 /// Idle memory per connection: user-space memory a target says an idle
@@ -18,6 +19,8 @@ const TARGET_SHARE_OF_BASELINE: f64 = 0.8;
 /// Latency target: p99 at half the maximum rate with this many subscribers.
 const TARGET_P99_MS: f64 = 5.0;
 const TARGET_P99_SUBSCRIBERS: usize = 1000;
+/// WebTransport fan-out: deliveries per second within this share of WebSocket's.
+const TARGET_WT_WS_TOLERANCE: f64 = 0.2;
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -40,6 +43,10 @@ pub struct Report {
     pub latency_share: f64,
     /// How far idle Switchboard connections went: upgrade, connect or subscribe.
     pub idle_stage: String,
+    /// WebTransport client endpoints (UDP sockets) the subscribers share, if any were used.
+    pub wt_client_endpoints: Option<usize>,
+    /// The receive buffer each of them got from the kernel, in bytes.
+    pub wt_socket_recv_buffer: Option<usize>,
     /// The servers, the one under test first.
     pub servers: Vec<ServerResult>,
 }
@@ -51,10 +58,18 @@ pub struct ServerResult {
     pub name: String,
     /// Its process id, when known (memory and CPU figures need it).
     pub pid: Option<u32>,
-    /// Idle memory.
+    /// Idle memory (WebSocket connections).
     pub idle: Option<IdleResult>,
-    /// Fan-out per framing and subscriber count.
+    /// Idle memory of WebTransport connections, measured on a fresh server
+    /// process (spawned servers) so that memory freed by the WebSocket
+    /// connections is not reused.
+    pub idle_webtransport: Option<IdleResult>,
+    /// Whether `idle_webtransport` comes from a fresh process.
+    pub idle_webtransport_fresh: bool,
+    /// Fan-out per framing, transport and subscriber count.
     pub fanout: Vec<FanoutResult>,
+    /// Datagrams against ordinary pushes at one rate.
+    pub datagram: Option<DatagramResult>,
 }
 
 /// Server memory as idle connections are added.
@@ -106,6 +121,8 @@ impl IdleResult {
 pub struct FanoutResult {
     /// `json`, `protobuf` or `raw`.
     pub framing: String,
+    /// The subscribers' transport (the publisher uses WebSocket).
+    pub transport: Transport,
     /// Subscribers.
     pub subscribers: usize,
     /// At the maximum rate.
@@ -162,10 +179,13 @@ pub struct LatencyResult {
     pub publications_per_s: f64,
     /// Deliveries per second during the phase.
     pub deliveries_per_s: f64,
-    /// Deliveries received (until drained) over publications × subscribers.
+    /// Deliveries of the phase's publications received (until drained) over
+    /// publications × subscribers.
     pub delivered_fraction: f64,
     /// Publish→deliver latency percentiles, in milliseconds.
     pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
     /// 99th percentile.
     pub p99_ms: f64,
     /// 99.9th percentile.
@@ -198,6 +218,7 @@ impl LatencyResult {
             deliveries_per_s: rate.deliveries_per_s,
             delivered_fraction: delivered as f64 / (sent * subscribers).max(1) as f64,
             p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
             p99_ms: ms(0.99),
             p999_ms: ms(0.999),
             max_ms: latencies.max() as f64 / 1e6,
@@ -207,6 +228,53 @@ impl LatencyResult {
             others_cpu_pct: rate.others_cpu_pct,
         }
     }
+}
+
+/// The datagram stage's paths: WebTransport subscribers of a volatile room
+/// (datagrams), WebSocket subscribers of it (ordinary pushes), WebTransport
+/// subscribers of an ordinary room (the stream).
+pub const PATH_DATAGRAM: &str = "wt datagram";
+/// See [`PATH_DATAGRAM`].
+pub const PATH_WS_PUSH: &str = "ws push";
+/// See [`PATH_DATAGRAM`].
+pub const PATH_WT_STREAM: &str = "wt stream";
+
+/// The datagram stage: one rate, one subscriber count, three paths.
+#[derive(Debug, Serialize)]
+pub struct DatagramResult {
+    /// `json` or `protobuf`.
+    pub framing: String,
+    /// Subscribers of each path.
+    pub subscribers: usize,
+    /// Publications per second asked for.
+    pub rate: f64,
+    /// WebTransport datagrams, WebSocket pushes, the WebTransport stream.
+    pub paths: Vec<DatagramPath>,
+}
+
+/// One way publications reach the subscribers in the datagram stage.
+#[derive(Debug, Serialize)]
+pub struct DatagramPath {
+    /// What is measured: [`PATH_DATAGRAM`], [`PATH_WS_PUSH`] or [`PATH_WT_STREAM`].
+    pub path: String,
+    /// The subscribers' transport.
+    pub transport: Transport,
+    /// The room (volatile or not).
+    pub room: String,
+    /// Whether the room is volatile.
+    pub volatile: bool,
+    /// Rate, delivered fraction (1 − loss) and latency.
+    pub latency: LatencyResult,
+    /// Share of the deliveries that came in QUIC datagrams.
+    pub via_datagrams: f64,
+    /// Subscribers the server closed.
+    pub lost_subscribers: u64,
+    /// UDP datagrams the kernel dropped (receive buffer full) during the
+    /// phase at the server's WebTransport socket (packets from the clients:
+    /// acknowledgements, pongs).
+    pub server_socket_drops: Option<u64>,
+    /// The same at the generator's WebTransport client sockets.
+    pub generator_socket_drops: Option<u64>,
 }
 
 fn opt(value: Option<f64>, decimals: usize) -> String {
@@ -284,6 +352,14 @@ impl Report {
              (softirq) time and \"others\" (other processes), {}% busy before the run",
             opt(self.background_cpu_pct, 0)
         )?;
+        if let Some(endpoints) = self.wt_client_endpoints {
+            writeln!(
+                out,
+                "WT:       the publisher always speaks WebSocket; WebTransport subscribers share {endpoints} \
+                 client endpoints (UDP sockets, receive buffer {} KiB each)",
+                opt(self.wt_socket_recv_buffer.map(|b| b as f64 / 1024.0), 0)
+            )?;
+        }
 
         writeln!(
             out,
@@ -293,23 +369,32 @@ impl Report {
         let mib = |rss: Option<&(usize, Option<u64>)>| {
             opt(rss.and_then(|p| p.1).map(|b| b as f64 / 1048576.0), 1)
         };
-        let rows = self
-            .servers
-            .iter()
-            .filter_map(|s| Some((s, s.idle.as_ref()?)));
-        let rows = rows.map(|(server, idle)| {
-            vec![
+        let rows = self.servers.iter().flat_map(|s| {
+            let wt = match s.idle_webtransport_fresh {
+                true => "webtransport (fresh process)",
+                false => "webtransport",
+            };
+            [
+                (s, "websocket", s.idle.as_ref()),
+                (s, wt, s.idle_webtransport.as_ref()),
+            ]
+        });
+        let rows = rows.filter_map(|(server, transport, idle)| {
+            let idle = idle?;
+            Some(vec![
                 server.name.clone(),
+                transport.to_owned(),
                 idle.connections.to_string(),
                 mib(idle.rss_bytes.first()),
                 mib(idle.rss_bytes.last()),
                 opt(idle.kib_per_connection_fit, 2),
                 opt(idle.kib_per_connection_delta, 2),
                 format!("{:.0}", idle.connections_per_s),
-            ]
+            ])
         });
         let header = [
             "server",
+            "transport",
             "conns",
             "RSS(0) MiB",
             "RSS(N) MiB",
@@ -334,6 +419,7 @@ impl Report {
             let per_cpu = base.and_then(|b| b.max.deliveries_per_server_cpu_s);
             vec![
                 format!("{}/{}", server.name, f.framing),
+                f.transport.short().to_owned(),
                 f.subscribers.to_string(),
                 format!("{:.0}", f.max.publications_per_s),
                 format!("{:.0}", f.max.deliveries_per_s),
@@ -355,6 +441,7 @@ impl Report {
         });
         let header = [
             "server",
+            "subs via",
             "subs",
             "pub/s",
             "deliv/s",
@@ -379,11 +466,13 @@ impl Report {
             let ms = |v: f64| format!("{v:.2}");
             vec![
                 format!("{}/{}", server.name, f.framing),
+                f.transport.short().to_owned(),
                 f.subscribers.to_string(),
                 format!("{:.0}", h.publications_per_s),
                 format!("{:.0}", h.deliveries_per_s),
                 format!("{:.2}%", h.delivered_fraction * 100.0),
                 ms(h.p50_ms),
+                ms(h.p90_ms),
                 ms(h.p99_ms),
                 ms(h.p999_ms),
                 ms(h.max_ms),
@@ -395,11 +484,13 @@ impl Report {
         });
         let header = [
             "server",
+            "subs via",
             "subs",
             "pub/s",
             "deliv/s",
             "delivered",
             "p50",
+            "p90",
             "p99",
             "p99.9",
             "max",
@@ -409,7 +500,175 @@ impl Report {
             "others",
         ];
         table(out, &header, rows.collect())?;
+        self.write_transports(out)?;
+        self.write_datagrams(out)?;
         self.write_targets(out)
+    }
+
+    /// Pairs of fan-outs of one server, framing and subscriber count: over
+    /// WebSocket and over WebTransport.
+    fn transport_pairs(&self) -> Vec<(&ServerResult, &FanoutResult, &FanoutResult)> {
+        let mut pairs = Vec::new();
+        for server in self.under_test() {
+            for ws in server
+                .fanout
+                .iter()
+                .filter(|f| f.transport == Transport::WebSocket)
+            {
+                let wt = server.fanout.iter().find(|f| {
+                    f.transport == Transport::WebTransport
+                        && f.framing == ws.framing
+                        && f.subscribers == ws.subscribers
+                });
+                if let Some(wt) = wt {
+                    pairs.push((server, ws, wt));
+                }
+            }
+        }
+        pairs
+    }
+
+    fn write_transports(&self, out: &mut String) -> std::fmt::Result {
+        let pairs = self.transport_pairs();
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            out,
+            "\n## WebTransport vs WebSocket subscribers (same server, same run; the publisher is on WebSocket)\n"
+        )?;
+        writeln!(
+            out,
+            "Maximum rate, deliveries per second and per server CPU-second:\n"
+        )?;
+        let rows = pairs.iter().map(|(server, ws, wt)| {
+            vec![
+                format!("{}/{}", server.name, ws.framing),
+                ws.subscribers.to_string(),
+                format!("{:.0}", ws.max.deliveries_per_s),
+                format!("{:.0}", wt.max.deliveries_per_s),
+                opt(
+                    ratio(Some(wt.max.deliveries_per_s), Some(ws.max.deliveries_per_s)),
+                    2,
+                ),
+                opt(ws.max.deliveries_per_server_cpu_s, 0),
+                opt(wt.max.deliveries_per_server_cpu_s, 0),
+                opt(
+                    ratio(
+                        wt.max.deliveries_per_server_cpu_s,
+                        ws.max.deliveries_per_server_cpu_s,
+                    ),
+                    2,
+                ),
+                opt(ws.max.generator_cpu_pct, 0),
+                opt(wt.max.generator_cpu_pct, 0),
+            ]
+        });
+        let header = [
+            "server",
+            "subs",
+            "WS deliv/s",
+            "WT deliv/s",
+            "WT/WS",
+            "WS /CPU-s",
+            "WT /CPU-s",
+            "WT/WS",
+            "WS gen CPU",
+            "WT gen CPU",
+        ];
+        table(out, &header, rows.collect())?;
+        writeln!(
+            out,
+            "\nLatency at {:.0}% of each transport's own maximum rate (ms):\n",
+            self.latency_share * 100.0
+        )?;
+        let rows = pairs.iter().map(|(server, ws, wt)| {
+            let (a, b) = (&ws.half, &wt.half);
+            let pair = |x: f64, y: f64| format!("{x:.2} / {y:.2}");
+            vec![
+                format!("{}/{}", server.name, ws.framing),
+                ws.subscribers.to_string(),
+                format!("{:.0} / {:.0}", a.publications_per_s, b.publications_per_s),
+                pair(a.p50_ms, b.p50_ms),
+                pair(a.p90_ms, b.p90_ms),
+                pair(a.p99_ms, b.p99_ms),
+                pair(a.max_ms, b.max_ms),
+                opt(ratio(Some(b.p99_ms), Some(a.p99_ms)), 2),
+            ]
+        });
+        let header = [
+            "server",
+            "subs",
+            "pub/s WS / WT",
+            "p50 WS / WT",
+            "p90 WS / WT",
+            "p99 WS / WT",
+            "max WS / WT",
+            "p99 WT/WS",
+        ];
+        table(out, &header, rows.collect())
+    }
+
+    fn write_datagrams(&self, out: &mut String) -> std::fmt::Result {
+        for server in self.under_test() {
+            let Some(d) = &server.datagram else { continue };
+            writeln!(
+                out,
+                "\n## Volatile room: datagrams vs pushes at {:.0} publications/s ({}, {} subscribers, ms)\n",
+                d.rate, d.framing, d.subscribers
+            )?;
+            let rows = d.paths.iter().map(|p| {
+                let h = &p.latency;
+                let ms = |v: f64| format!("{v:.2}");
+                vec![
+                    format!("{}/{}", server.name, p.path),
+                    p.transport.short().to_owned(),
+                    p.room.clone(),
+                    format!("{:.0}", h.publications_per_s),
+                    format!("{:.0}", h.deliveries_per_s),
+                    format!("{:.3}%", (1.0 - h.delivered_fraction).max(0.0) * 100.0),
+                    format!("{:.1}%", p.via_datagrams * 100.0),
+                    ms(h.p50_ms),
+                    ms(h.p90_ms),
+                    ms(h.p99_ms),
+                    ms(h.max_ms),
+                    opt(h.server_cpu_pct, 0),
+                    opt(h.generator_cpu_pct, 0),
+                    p.server_socket_drops
+                        .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
+                    p.generator_socket_drops
+                        .map_or_else(|| "n/a".to_owned(), |n| n.to_string()),
+                    p.lost_subscribers.to_string(),
+                ]
+            });
+            let header = [
+                "path",
+                "subs via",
+                "room",
+                "pub/s",
+                "deliv/s",
+                "loss",
+                "in dgrams",
+                "p50",
+                "p90",
+                "p99",
+                "max",
+                "srv CPU",
+                "gen CPU",
+                "UDP drops srv",
+                "gen",
+                "lost",
+            ];
+            table(out, &header, rows.collect())?;
+            writeln!(
+                out,
+                "\nloss: publications × subscribers not received within 2 s after the phase (datagrams are \
+                 never retransmitted); latencies are of those received. UDP drops: packets the kernel dropped \
+                 for a full receive buffer at the server's socket (from the clients: acknowledgements, \
+                 pongs) and at the generator's sockets during the phase."
+            )?;
+        }
+        Ok(())
     }
 
     fn write_targets(&self, out: &mut String) -> std::fmt::Result {
@@ -431,7 +690,13 @@ impl Report {
                     opt(vs, 2)
                 )?;
             }
-            for f in &server.fanout {
+            let websocket = || {
+                server
+                    .fanout
+                    .iter()
+                    .filter(|f| f.transport == Transport::WebSocket)
+            };
+            for f in websocket() {
                 if let Some(share) = ratio(
                     Some(f.max.deliveries_per_s),
                     self.baseline(f.subscribers).map(|b| b.max.deliveries_per_s),
@@ -449,11 +714,7 @@ impl Report {
                 }
             }
             let at_half = (self.latency_share - 0.5).abs() < 1e-9;
-            for f in server
-                .fanout
-                .iter()
-                .filter(|f| at_half && f.subscribers == TARGET_P99_SUBSCRIBERS)
-            {
+            for f in websocket().filter(|f| at_half && f.subscribers == TARGET_P99_SUBSCRIBERS) {
                 writeln!(
                     out,
                     "{}  p99 ≤ {TARGET_P99_MS} ms at half the maximum rate, {} subscribers: {}/{}: {:.2} ms",
@@ -462,6 +723,38 @@ impl Report {
                     server.name,
                     f.framing,
                     f.half.p99_ms
+                )?;
+            }
+        }
+        for (server, ws, wt) in self.transport_pairs() {
+            let share = wt.max.deliveries_per_s / ws.max.deliveries_per_s.max(1e-9);
+            writeln!(
+                out,
+                "{}  WebTransport fan-out within ±{:.0}% of WebSocket: {}/{} {} subscribers: WT/WS {:.2}",
+                verdict((share - 1.0).abs() <= TARGET_WT_WS_TOLERANCE),
+                TARGET_WT_WS_TOLERANCE * 100.0,
+                server.name,
+                ws.framing,
+                ws.subscribers,
+                share
+            )?;
+        }
+        for server in self.under_test() {
+            let Some(d) = &server.datagram else { continue };
+            let Some(datagram) = d.paths.iter().find(|p| p.path == PATH_DATAGRAM) else {
+                continue;
+            };
+            for other in d.paths.iter().filter(|p| p.path != PATH_DATAGRAM) {
+                writeln!(
+                    out,
+                    "{}  datagram p99 below {} p99 at {:.0}/s: {}: {:.2} ms vs {:.2} ms (datagram loss {:.3}%)",
+                    verdict(datagram.latency.p99_ms < other.latency.p99_ms),
+                    other.path,
+                    d.rate,
+                    server.name,
+                    datagram.latency.p99_ms,
+                    other.latency.p99_ms,
+                    (1.0 - datagram.latency.delivered_fraction).max(0.0) * 100.0
                 )?;
             }
         }
