@@ -175,7 +175,9 @@ fn server_config(config: &Config, bind: Bind, identity: Identity) -> ServerConfi
         // Datagrams from clients are not used; a small buffer keeps them
         // negotiable (browsers require it) and cheap.
         .datagram_receive_buffer_size(Some(4 * 1024))
-        .datagram_send_buffer_size(64 * 1024)
+        // Volatile data is latest-wins: a short queue drops stale datagrams
+        // (oldest first) instead of delaying fresh ones.
+        .datagram_send_buffer_size(16 * 1024)
         .keep_alive_interval(Some(wt.keep_alive));
     let idle = limits.ping_interval + limits.pong_timeout + Duration::from_secs(5);
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
@@ -195,6 +197,9 @@ enum Bind {
     Address(SocketAddr),
 }
 
+/// Kernel buffer asked for the endpoint's UDP socket, each direction.
+const UDP_BUFFER: usize = 8 << 20;
+
 /// Binds the UDP socket of the endpoint. `tcp` is the address the HTTP
 /// listener got: by default WebTransport takes the same IP and port.
 pub fn bind_udp(config: &Config, tcp: SocketAddr) -> Result<UdpSocket, WebTransportError> {
@@ -204,6 +209,13 @@ pub fn bind_udp(config: &Config, tcp: SocketAddr) -> Result<UdpSocket, WebTransp
     socket
         .set_nonblocking(true)
         .map_err(|source| WebTransportError::Bind { addr, source })?;
+    // One socket carries every session's packets: the kernel default
+    // (about 208 KiB) drops acknowledgements under fan-out, which QUIC
+    // takes for congestion. Best effort: the kernel caps it (rmem_max).
+    if let Ok(state) = quinn::udp::UdpSocketState::new((&socket).into()) {
+        let _ = state.set_recv_buffer_size((&socket).into(), UDP_BUFFER);
+        let _ = state.set_send_buffer_size((&socket).into(), UDP_BUFFER);
+    }
     Ok(socket)
 }
 
