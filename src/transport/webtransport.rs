@@ -462,8 +462,12 @@ async fn session(node: Arc<Node>, incoming: IncomingSession) {
     let ((), close) = tokio::join!(reader, writer);
     m::disconnected(close.code);
     tracing::debug!(client = session.id(), code = %close.code, reason = %close.reason, "webtransport session closed");
-    close_connection(&connection, &close);
+    // The peer has acknowledged the disconnect push, but a browser discards
+    // stream data its page has not read yet when the connection closes: give
+    // the client a moment to read it and close the session itself.
     session.finish().await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, connection.closed()).await;
+    close_connection(&connection, &close);
 }
 
 /// The query string of a session URL; unknown or malformed parameters are

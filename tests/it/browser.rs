@@ -313,6 +313,9 @@ async fn serve_page() -> (SocketAddr, mpsc::UnboundedReceiver<Value>) {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     WebSocket,
+    /// WebSocket with `?codecs=deflate-raw`: units opened by the browser's
+    /// `DecompressionStream("deflate-raw")`.
+    WebSocketDeflate,
     WebTransport,
     /// Only a protobuf WebTransport session closed by the server.
     CloseCheck,
@@ -337,11 +340,16 @@ impl Scenario {
         let origin = format!("http://{page}");
         let mut config = browser_config(&origin);
         config.auth.allow_anonymous = true;
+        if mode == Mode::WebSocketDeflate {
+            // Compress every frame that gets smaller: the test's are small.
+            config.compression.min_size = 0;
+        }
         let server = support::start(config).await;
         let url = format!(
             "{origin}/?mode={}&ws={}&cert={}",
             match mode {
                 Mode::WebSocket => "websocket",
+                Mode::WebSocketDeflate => "websocket-deflate",
                 Mode::WebTransport => "webtransport",
                 Mode::CloseCheck => "webtransport-close",
             },
@@ -541,6 +549,16 @@ async fn browser_websocket() {
     let done = run(&mut scenario, &["browser:room"]).await;
     assert_eq!(done["volatile"], json!([]), "{done}");
     eprintln!("browser_websocket: passed in {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn browser_websocket_deflate() {
+    let mut scenario = Scenario::start(Mode::WebSocketDeflate).await;
+    let done = run(&mut scenario, &["browser:room"]).await;
+    assert!(
+        done["deflateUnits"].as_u64().is_some_and(|n| n > 0),
+        "the page inflated no unit: {done}"
+    );
 }
 
 #[tokio::test]
