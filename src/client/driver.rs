@@ -207,46 +207,15 @@ impl Driver {
 
     fn receive(&mut self, incoming: Option<Incoming>) {
         match incoming {
+            Some(Incoming::Batch(batch)) => self.handle_batches(vec![Ok(batch)]),
             Some(Incoming::Message(bytes)) => {
-                let batches: Vec<Result<Bytes, (CloseCode, String)>> = match self.connector.codec()
-                {
+                let batches = match self.connector.codec() {
                     None => vec![Ok(bytes)],
                     Some(codec) => unit::units(&bytes, codec, MAX_INCOMING_MESSAGE)
                         .map(|b| b.map_err(|e| (e.close_code(), e.to_string())))
                         .collect(),
                 };
-                for batch in batches {
-                    let batch = match batch {
-                        Ok(batch) => batch,
-                        Err((code, reason)) => {
-                            self.transport = None;
-                            self.machine.handle_transport_closed(
-                                code,
-                                &format!("undecodable message from the server: {reason}"),
-                                now(),
-                            );
-                            return;
-                        }
-                    };
-                    let frames: Vec<_> =
-                        codec::decode_batch::<ServerFrame>(&batch, self.encoding, &self.limits)
-                            .collect();
-                    for frame in frames {
-                        match frame {
-                            Ok(frame) => self.machine.handle_frame(frame, now()),
-                            Err(err) => {
-                                // A server that sends what cannot be decoded broke the protocol.
-                                self.transport = None;
-                                self.machine.handle_transport_closed(
-                                    err.close_code(),
-                                    &format!("undecodable frame from the server: {err}"),
-                                    now(),
-                                );
-                                return;
-                            }
-                        }
-                    }
-                }
+                self.handle_batches(batches);
             }
             Some(Incoming::Closed { code, reason }) => {
                 self.transport = None;
@@ -256,6 +225,42 @@ impl Driver {
                 self.transport = None;
                 self.machine
                     .handle_transport_closed(CloseCode::ABNORMAL, "transport ended", now());
+            }
+        }
+    }
+
+    /// Hands the frames of each batch to the machine; the first undecodable
+    /// batch or frame ends the transport.
+    fn handle_batches(&mut self, batches: Vec<Result<Bytes, (CloseCode, String)>>) {
+        for batch in batches {
+            let batch = match batch {
+                Ok(batch) => batch,
+                Err((code, reason)) => {
+                    self.transport = None;
+                    self.machine.handle_transport_closed(
+                        code,
+                        &format!("undecodable message from the server: {reason}"),
+                        now(),
+                    );
+                    return;
+                }
+            };
+            let frames: Vec<_> =
+                codec::decode_batch::<ServerFrame>(&batch, self.encoding, &self.limits).collect();
+            for frame in frames {
+                match frame {
+                    Ok(frame) => self.machine.handle_frame(frame, now()),
+                    Err(err) => {
+                        // A server that sends what cannot be decoded broke the protocol.
+                        self.transport = None;
+                        self.machine.handle_transport_closed(
+                            err.close_code(),
+                            &format!("undecodable frame from the server: {err}"),
+                            now(),
+                        );
+                        return;
+                    }
+                }
             }
         }
     }

@@ -32,8 +32,12 @@ pub const MAX_INCOMING_MESSAGE: usize = 16 << 20;
 /// What arrives from a transport.
 #[derive(Debug)]
 pub enum Incoming {
-    /// One message: a batch of delimited frames.
+    /// One message: a batch of delimited frames, or with unit framing one
+    /// or more units.
     Message(Bytes),
+    /// A batch of delimited frames the transport already took out of its
+    /// unit (stream transports open units as they cut the stream).
+    Batch(Bytes),
     /// The transport closed (or failed: code 1006).
     Closed {
         /// The close code the server sent, or 1006.

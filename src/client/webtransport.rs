@@ -168,7 +168,7 @@ impl Connector for WebTransportConnector {
                                 loop {
                                     match decoder.next() {
                                         Ok(Some(batch)) => {
-                                            if tx.send(Incoming::Message(batch)).await.is_err() {
+                                            if tx.send(Incoming::Batch(batch)).await.is_err() {
                                                 return;
                                             }
                                         }
@@ -211,8 +211,8 @@ impl Connector for WebTransportConnector {
     }
 }
 
-/// Cuts a stream into what the driver takes as messages: batches of whole
-/// frames, or (with unit framing) whole units, re-sealed as one unit each.
+/// Cuts a stream into batches of whole frames: directly, or (with unit
+/// framing) by opening each unit.
 enum StreamSplitter {
     Frames(StreamDecoder),
     Units(UnitStreamDecoder),
@@ -226,23 +226,13 @@ impl StreamSplitter {
         }
     }
 
-    /// The next message, or the close code and reason of a broken stream.
+    /// The next batch, or the close code and reason of a broken stream.
     fn next(&mut self) -> Result<Option<Bytes>, (CloseCode, String)> {
         match self {
             Self::Frames(d) => d
                 .next_delimited()
                 .map_err(|e| (e.close_code(), e.to_string())),
-            // The driver opens units itself: hand it an identity unit of
-            // the decompressed batch.
-            Self::Units(d) => match d.next_unit() {
-                Ok(Some(batch)) => {
-                    let mut out = bytes::BytesMut::new();
-                    crate::codec::unit::write_unit(Codec::Identity, &batch, &mut out);
-                    Ok(Some(out.freeze()))
-                }
-                Ok(None) => Ok(None),
-                Err(e) => Err((e.close_code(), e.to_string())),
-            },
+            Self::Units(d) => d.next_unit().map_err(|e| (e.close_code(), e.to_string())),
         }
     }
 }

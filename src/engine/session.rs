@@ -233,12 +233,12 @@ impl Session {
 
     /// Handles one transport message: a batch of frames, or with unit
     /// framing one or more units each holding a batch.
-    pub async fn handle_message(&mut self, message: &[u8]) -> Result<(), Close> {
+    pub async fn handle_message(&mut self, message: Bytes) -> Result<(), Close> {
         m::bytes_in(message.len());
         match self.outbox.framing().codec {
-            None => self.handle_batch(message).await,
+            None => self.handle_batch(&message).await,
             Some(codec) => {
-                let message = Bytes::copy_from_slice(message);
+                // Identity units are slices of `message`: no copy.
                 let max = self.max_message_size();
                 for batch in unit::units(&message, codec, max) {
                     let batch = batch.map_err(|e| {

@@ -20,6 +20,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 
+use super::CLOSE_GRACE;
 use crate::codec::Encoding;
 use crate::codec::unit::MAX_UNITS_PER_MESSAGE;
 use crate::codes::CloseCode;
@@ -197,10 +198,10 @@ async fn read_loop(
         let outcome = tokio::select! {
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) if encoding == Encoding::Json && !units => {
-                    session.handle_message(text.as_bytes()).await
+                    session.handle_message(Bytes::from(text)).await
                 }
                 Some(Ok(Message::Binary(bytes))) if encoding == Encoding::Protobuf || units => {
-                    session.handle_message(&bytes).await
+                    session.handle_message(bytes).await
                 }
                 Some(Ok(Message::Text(_) | Message::Binary(_))) => Err(Close::new(
                     CloseCode::BAD_REQUEST,
@@ -254,9 +255,6 @@ fn close_message(close: &Close) -> Message {
     }))
 }
 
-/// How long a closing connection may take to accept its last frames.
-const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Sends what the outbox yields, batching frames into messages of at most
 /// `max_message` bytes, until the outbox closes or the socket fails.
 /// Returns the close that ended the connection.
@@ -278,20 +276,8 @@ async fn write_loop(
         }
         let text = encoding.is_text() && !units;
         let sending = send_batch(sink, &frames, text, max_message);
-        let gave_up = async {
-            // Once the connection is closing, a peer that does not read gets
-            // a short grace, then the connection is dropped.
-            let close = outbox.closed().await;
-            tokio::time::sleep(CLOSE_GRACE).await;
-            close
-        };
-        tokio::select! {
-            sent = sending => if let Err(err) = sent {
-                let close = outbox.closing().unwrap_or_else(|| Close::new(CloseCode::ABNORMAL, format!("write failed: {err}")));
-                outbox.close(close.clone());
-                return close;
-            },
-            close = gave_up => return close,
+        if let Err(close) = super::write_or_give_up(outbox, sending, "write").await {
+            return close;
         }
     }
 }

@@ -29,6 +29,7 @@ use wtransport::quinn;
 use wtransport::tls::self_signed::time;
 use wtransport::{Connection, Identity, RecvStream, SendStream, ServerConfig, VarInt};
 
+use super::CLOSE_GRACE;
 use crate::codec::unit::UnitStreamDecoder;
 use crate::codec::{Encoding, StreamDecoder};
 use crate::codes::CloseCode;
@@ -565,9 +566,6 @@ fn read_error(err: &quinn::ReadError) -> Close {
     }
 }
 
-/// How long a closing session may take to accept its last frames.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
 /// Sends what the outbox yields on the stream (frames) and as datagrams,
 /// until the outbox closes or the session fails. Returns the close.
 async fn write_loop(mut send: SendStream, connection: &Connection, outbox: &Outbox) -> Close {
@@ -590,18 +588,8 @@ async fn write_loop(mut send: SendStream, connection: &Connection, outbox: &Outb
             m::bytes_out(size);
             send.quic_stream_mut().write_all_chunks(&mut frames).await
         };
-        let gave_up = async {
-            let close = outbox.closed().await;
-            tokio::time::sleep(CLOSE_GRACE).await;
-            close
-        };
-        tokio::select! {
-            sent = sending => if let Err(err) = sent {
-                let close = outbox.closing().unwrap_or_else(|| Close::new(CloseCode::ABNORMAL, format!("webtransport write failed: {err}")));
-                outbox.close(close.clone());
-                return close;
-            },
-            close = gave_up => return close,
+        if let Err(close) = super::write_or_give_up(outbox, sending, "webtransport write").await {
+            return close;
         }
         if let Some(close) = closing {
             // The disconnect push went out with the last batch: finish the

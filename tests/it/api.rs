@@ -719,7 +719,7 @@ async fn engine_connect(node: &Arc<Node>, ticket: &str) -> Result<(), switchboar
         })),
     };
     session
-        .handle_message(&codec::encode(&frame, Encoding::Protobuf))
+        .handle_message(codec::encode(&frame, Encoding::Protobuf))
         .await
 }
 

@@ -31,7 +31,7 @@ async fn send(session: &mut Session, id: u32, command: Command) -> Result<(), Cl
         },
         Encoding::Protobuf,
     );
-    session.handle_message(&bytes).await
+    session.handle_message(bytes).await
 }
 
 /// Frames queued for the client so far.
