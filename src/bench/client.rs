@@ -706,6 +706,11 @@ impl Pool {
         }
     }
 
+    /// The server the pool connects to.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     /// Open subscribers.
     pub fn subscribers(&self) -> usize {
         self.conns.len()

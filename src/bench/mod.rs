@@ -848,6 +848,13 @@ async fn fanout(
 ) -> Result<FanoutResult, String> {
     let n = pool.subscribers() as u64;
     let lost_before = stats.lost();
+    let server_drops = || {
+        let wt = pool.endpoint().webtransport.as_deref()?;
+        (transport == Transport::WebTransport)
+            .then(|| procfs::udp_drops(wt.server_port))
+            .flatten()
+    };
+    let drops_before = server_drops();
     let drain = Duration::from_secs(5);
     // Warm-up, then the maximum rate.
     let base = stats.delivered();
@@ -889,6 +896,9 @@ async fn fanout(
         max,
         half,
         lost_subscribers: stats.lost() - lost_before,
+        server_socket_drops: server_drops()
+            .zip(drops_before)
+            .map(|(after, before)| after.saturating_sub(before)),
     })
 }
 

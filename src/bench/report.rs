@@ -131,6 +131,9 @@ pub struct FanoutResult {
     pub half: LatencyResult,
     /// Subscribers the server closed during the measurement.
     pub lost_subscribers: u64,
+    /// WebTransport: packets the server's UDP socket dropped (receive buffer
+    /// full) over both phases, from /proc/net/udp.
+    pub server_socket_drops: Option<u64>,
 }
 
 /// The maximum-rate phase.
@@ -562,6 +565,8 @@ impl Report {
                 ),
                 opt(ws.max.generator_cpu_pct, 0),
                 opt(wt.max.generator_cpu_pct, 0),
+                wt.server_socket_drops
+                    .map_or_else(|| "n/a".to_owned(), |d| d.to_string()),
             ]
         });
         let header = [
@@ -575,6 +580,7 @@ impl Report {
             "WT/WS",
             "WS gen CPU",
             "WT gen CPU",
+            "WT srv UDP drops",
         ];
         table(out, &header, rows.collect())?;
         writeln!(

@@ -81,6 +81,47 @@ pub struct WebTransport {
     addr: SocketAddr,
     node: Arc<Node>,
     task: tokio::task::JoinHandle<()>,
+    receiver: ReceiveThread,
+}
+
+/// The thread that reads the endpoint's UDP socket.
+///
+/// quinn reads every packet of every session in one task (its endpoint
+/// driver), which hands each to its connection's task. On the server's
+/// runtime that task waits its turn behind thousands of session tasks and
+/// reads for at most 50 µs per turn: under fan-out the socket's receive
+/// buffer (8 MiB) overflowed and dropped 40-60 % of inbound packets, mostly
+/// acknowledgements (`switchboard bench run`, 1000 subscribers, 2 cores).
+/// On a thread of its own the kernel runs it as soon as packets arrive, and
+/// none were dropped. Connection tasks stay on the server's runtime.
+struct ReceiveThread {
+    handle: tokio::runtime::Handle,
+    /// Dropping it ends the thread (and the endpoint driver with it).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl ReceiveThread {
+    fn start() -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("switchboard-quic-rx".into())
+            .spawn(move || {
+                // Runs the endpoint driver until told to stop (or dropped).
+                let _ = runtime.block_on(stopped);
+            })?;
+        Ok(Self {
+            handle,
+            stop: Some(stop),
+        })
+    }
+
+    fn stop(&mut self) {
+        self.stop.take();
+    }
 }
 
 fn read_lock<T: Clone>(lock: &RwLock<T>) -> T {
@@ -235,9 +276,15 @@ impl WebTransport {
             })?;
         let config = node.config();
         let (identity, info) = load_identity(&config.webtransport, addr).await?;
-        let endpoint =
+        let receiver =
+            ReceiveThread::start().map_err(|source| WebTransportError::Bind { addr, source })?;
+        let endpoint = {
+            // quinn spawns its endpoint driver, and registers the socket,
+            // where the endpoint is made.
+            let _on_receiver = receiver.handle.enter();
             wtransport::Endpoint::server(server_config(config, Bind::Socket(socket), identity))
-                .map_err(|source| WebTransportError::Bind { addr, source })?;
+                .map_err(|source| WebTransportError::Bind { addr, source })?
+        };
         let endpoint = Arc::new(endpoint);
         let certificate = Arc::new(RwLock::new(info));
         let task = tokio::spawn(run(
@@ -253,6 +300,7 @@ impl WebTransport {
             addr,
             node,
             task,
+            receiver,
         })
     }
 
@@ -279,7 +327,7 @@ impl WebTransport {
 
     /// Stops accepting sessions and closes the endpoint (after the node's
     /// shutdown has closed the sessions gracefully).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.task.abort();
         let _ = self.task.await;
         self.endpoint.close(
@@ -296,6 +344,7 @@ impl WebTransport {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.receiver.stop();
     }
 }
 
