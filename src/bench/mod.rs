@@ -679,7 +679,7 @@ async fn datagram_stage(
         let drops = || {
             let wt = endpoint.webtransport.as_deref()?;
             let clients: Option<u64> = wt.client_ports().into_iter().map(procfs::udp_drops).sum();
-            Some((procfs::udp_drops(wt.server_port)?, clients?))
+            Some((server_udp_drops(endpoint)?, clients?))
         };
         let drops_before = drops();
         stats.start_recording();
@@ -837,6 +837,11 @@ fn interval(a: &Reading, b: &Reading) -> Interval {
     }
 }
 
+/// Packets the server's WebTransport socket has dropped so far.
+fn server_udp_drops(endpoint: &Endpoint) -> Option<u64> {
+    procfs::udp_drops(endpoint.webtransport.as_deref()?.server_port)
+}
+
 async fn fanout(
     args: &RunArgs,
     publisher: &mut Publisher,
@@ -848,11 +853,9 @@ async fn fanout(
 ) -> Result<FanoutResult, String> {
     let n = pool.subscribers() as u64;
     let lost_before = stats.lost();
-    let server_drops = || {
-        let wt = pool.endpoint().webtransport.as_deref()?;
-        (transport == Transport::WebTransport)
-            .then(|| procfs::udp_drops(wt.server_port))
-            .flatten()
+    let server_drops = || match transport {
+        Transport::WebTransport => server_udp_drops(pool.endpoint()),
+        Transport::WebSocket => None,
     };
     let drops_before = server_drops();
     let drain = Duration::from_secs(5);

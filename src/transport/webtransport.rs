@@ -72,6 +72,9 @@ pub enum WebTransportError {
     /// The certificate files could not be loaded, or one could not be made.
     #[error("webtransport certificate: {0}")]
     Certificate(String),
+    /// The thread reading the UDP socket could not be started.
+    #[error("cannot start the webtransport receive thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// A running WebTransport endpoint.
@@ -81,7 +84,8 @@ pub struct WebTransport {
     addr: SocketAddr,
     node: Arc<Node>,
     task: tokio::task::JoinHandle<()>,
-    receiver: ReceiveThread,
+    /// Runs while this lives.
+    _receiver: ReceiveThread,
 }
 
 /// The thread that reads the endpoint's UDP socket.
@@ -96,8 +100,9 @@ pub struct WebTransport {
 /// none were dropped. Connection tasks stay on the server's runtime.
 struct ReceiveThread {
     handle: tokio::runtime::Handle,
-    /// Dropping it ends the thread (and the endpoint driver with it).
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Dropped with the `WebTransport`: ends the thread, and the endpoint
+    /// driver with it.
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl ReceiveThread {
@@ -110,17 +115,13 @@ impl ReceiveThread {
         std::thread::Builder::new()
             .name("switchboard-quic-rx".into())
             .spawn(move || {
-                // Runs the endpoint driver until told to stop (or dropped).
+                // Runs the endpoint driver until the sender is dropped.
                 let _ = runtime.block_on(stopped);
             })?;
         Ok(Self {
             handle,
-            stop: Some(stop),
+            _stop: stop,
         })
-    }
-
-    fn stop(&mut self) {
-        self.stop.take();
     }
 }
 
@@ -276,8 +277,7 @@ impl WebTransport {
             })?;
         let config = node.config();
         let (identity, info) = load_identity(&config.webtransport, addr).await?;
-        let receiver =
-            ReceiveThread::start().map_err(|source| WebTransportError::Bind { addr, source })?;
+        let receiver = ReceiveThread::start().map_err(WebTransportError::Thread)?;
         let endpoint = {
             // quinn spawns its endpoint driver, and registers the socket,
             // where the endpoint is made.
@@ -300,7 +300,7 @@ impl WebTransport {
             addr,
             node,
             task,
-            receiver,
+            _receiver: receiver,
         })
     }
 
@@ -327,7 +327,7 @@ impl WebTransport {
 
     /// Stops accepting sessions and closes the endpoint (after the node's
     /// shutdown has closed the sessions gracefully).
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         self.task.abort();
         let _ = self.task.await;
         self.endpoint.close(
@@ -344,7 +344,7 @@ impl WebTransport {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.receiver.stop();
+        // Dropping `self._receiver` ends the receive thread.
     }
 }
 
